@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""A tiny Pipe-mode "algorithm": reads EPOCHS epochs of every Pipe channel and prints what it got.
+
+Standard library only, so it runs in any Python image. For each channel and epoch it prints
+`channel=<name> epoch=<n> bytes=<b> records=<r> sha256=<hex>` (records only for RecordIO
+channels) and exits 0; it exits 1 if its config file or a FIFO does not appear within WAIT_S seconds.
+"""
+
+import hashlib
+import json
+import os
+import struct
+import sys
+import time
+
+ML_ROOT = os.environ.get("ML_ROOT", "/opt/ml")
+EPOCHS = int(os.environ.get("EPOCHS", "3"))
+WAIT_S = float(os.environ.get("WAIT_S", "60"))
+MAGIC = 0xCED7230A
+
+
+def wait_for(path: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            sys.exit(f"train.py: {path} did not appear within {WAIT_S:.0f} s")
+        time.sleep(0.05)
+
+
+def count_records(data: bytes) -> int:
+    """Walk the RecordIO framing as a consumer would; fail loudly on a broken stream."""
+    pos = count = 0
+    while pos < len(data):
+        magic, word = struct.unpack_from("<II", data, pos)
+        if magic != MAGIC:
+            sys.exit(f"train.py: bad RecordIO magic at byte {pos}")
+        length = word & ((1 << 29) - 1)
+        pos += 8 + length + (-length % 4)
+        count += 1
+    return count
+
+
+def main() -> None:
+    config = os.path.join(ML_ROOT, "input", "config", "inputdataconfig.json")
+    wait_for(config)
+    with open(config) as f:
+        channels = json.load(f)
+    pipes = sorted(name for name, c in channels.items() if c["TrainingInputMode"].lower() == "pipe")
+    for epoch in range(EPOCHS):
+        for name in pipes:
+            path = os.path.join(ML_ROOT, "input", "data", f"{name}_{epoch}")
+            wait_for(path)
+            with open(path, "rb") as fifo:
+                data = fifo.read()
+            records = f" records={count_records(data)}" if channels[name]["RecordWrapperType"] == "RecordIO" else ""
+            print(f"channel={name} epoch={epoch} bytes={len(data)}{records} "
+                  f"sha256={hashlib.sha256(data).hexdigest()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Command line: the sidecar form, the original tool's form, and small subcommands.
+
+Every PipeError becomes one line on stderr and its exit status; nothing else is printed on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from sagemaker_pipe import __version__
+from sagemaker_pipe.config import Channel, load_job, parse_job
+from sagemaker_pipe.errors import ConfigError, PipeError
+from sagemaker_pipe.layout import DEFAULT_ML_ROOT, Layout
+from sagemaker_pipe.plan import plan_channel, plan_job
+from sagemaker_pipe.sidecar import Sidecar
+
+PROG = "sagemaker-pipe"
+ENV = {  # option -> environment variable that sets it (for the container)
+    "config": "SAGEMAKER_PIPE_CONFIG",
+    "ml_root": "SAGEMAKER_PIPE_ML_ROOT",
+    "epochs": "SAGEMAKER_PIPE_EPOCHS",
+    "status_file": "SAGEMAKER_PIPE_STATUS_FILE",
+    "hosts": "SAGEMAKER_PIPE_HOSTS",
+    "current_host": "SAGEMAKER_PIPE_CURRENT_HOST",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Stream SageMaker training channels into Pipe-mode FIFOs, epoch after epoch.",
+        epilog=f"Sidecar form: {PROG} --config FILE [--ml-root DIR] [--epochs N]. "
+        f"Original tool's form: {PROG} [-d] [-x] [-r] CHANNEL_NAME SRC DEST. "
+        f"Options may also be set by environment: " + ", ".join(f"{v} (--{k.replace('_', '-')})" for k, v in ENV.items()),
+    )
+    p.add_argument("legacy", nargs="*", metavar="CHANNEL_NAME SRC DEST", help="the original tool's arguments")
+    p.add_argument("--config", "-c", help="channel file (YAML or JSON) mirroring CreateTrainingJob's InputDataConfig")
+    p.add_argument("--ml-root", help=f"folder standing for /opt/ml (default {DEFAULT_ML_ROOT})")
+    p.add_argument("--epochs", help="stop after N epochs of every channel (default: serve until stopped)")
+    p.add_argument("--hosts", help="comma-separated host names, for ShardedByS3Key (default algo-1)")
+    p.add_argument("--current-host", help="which of --hosts this sidecar serves")
+    p.add_argument("--status-file", help="write a JSON ready file here once the first FIFOs exist")
+    p.add_argument("-x", "--gunzip", action="store_true", help="original form: gunzip each object")
+    p.add_argument("-r", "--recordio", action="store_true", help="original form: wrap each object in RecordIO")
+    p.add_argument("-d", "--debug", action="store_true", help="log every object")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None, defaults: dict[str, str] | None = None) -> int:
+    """Entry point; `defaults` are the container's (entrypoint.py), below environment and options."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["status"]:
+            return status(argv[1:])
+        return serve(argv, defaults or {})
+    except PipeError as e:
+        print(f"{PROG}: error: {one_line(str(e))}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:  # a signal before the sidecar took over: nothing was written yet
+        return 0
+
+
+def serve(argv: list[str], defaults: dict[str, str]) -> int:
+    _interrupt_on_sigterm()
+    args = build_parser().parse_args(argv)
+    for key, var in ENV.items():
+        if getattr(args, key) is None:
+            setattr(args, key, os.environ.get(var) or defaults.get(key))
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    epochs = _epochs(args.epochs)
+    status_file = Path(args.status_file) if args.status_file else None
+
+    if args.legacy:
+        if len(args.legacy) != 3 or args.config:
+            raise ConfigError("give either --config FILE, or CHANNEL_NAME SRC DEST (the original tool's form)")
+        name, src, dest = args.legacy
+        job = None
+        plans = [plan_channel(_legacy_channel(name, src, args))]
+        layout = Layout(data_dir=Path(dest), config_dir=None)
+    else:
+        if not args.config:
+            raise ConfigError(f"no channel file: give --config FILE or set {ENV['config']}")
+        if args.gunzip or args.recordio:
+            raise ConfigError("-x and -r belong to the original tool's form; set CompressionType and "
+                              "RecordWrapperType in the channel file instead")
+        hosts = args.hosts.split(",") if args.hosts else None
+        job = load_job(args.config, hosts=hosts, current_host=args.current_host)
+        plans = plan_job(job)
+        layout = Layout.under(args.ml_root or DEFAULT_ML_ROOT)
+    return Sidecar(job, plans, layout, epochs=epochs, status_file=status_file).run()
+
+
+def status(argv: list[str]) -> int:
+    """Exit 0 when the sidecar's status file says it is ready (a container health check)."""
+    p = _Parser(prog=f"{PROG} status", description="Exit 0 once the sidecar's first FIFOs exist.")
+    p.add_argument("--status-file", default=os.environ.get(ENV["status_file"]))
+    args = p.parse_args(argv)
+    if not args.status_file:
+        raise ConfigError(f"no status file: give --status-file or set {ENV['status_file']}")
+    try:
+        ready = json.loads(Path(args.status_file).read_text()).get("ready") is True
+    except (OSError, ValueError, AttributeError):
+        ready = False
+    print("ready" if ready else "not ready")
+    return 0 if ready else 1
+
+
+def _legacy_channel(name: str, src: str, args: argparse.Namespace) -> Channel:
+    """The original tool's arguments, validated like a one-channel file relative to the working folder."""
+    doc = [{
+        "ChannelName": name,
+        "DataSource": {"S3DataSource": {"S3Uri": src}},
+        "CompressionType": "Gzip" if args.gunzip else "None",
+        "RecordWrapperType": "RecordIO" if args.recordio else "None",
+    }]
+    return parse_job(doc, base_dir=Path.cwd(), source="arguments").channels[0]
+
+
+def _epochs(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"--epochs must be a positive whole number (got {value!r})")
+    return n
+
+
+def _interrupt_on_sigterm() -> None:
+    """Until the sidecar installs its own handlers, SIGTERM stops as quietly as Ctrl-C."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+

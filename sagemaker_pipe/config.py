@@ -1,0 +1,296 @@
+"""Read a channel file (CreateTrainingJob's InputDataConfig, in YAML or JSON) into a Job.
+
+Every check that can fail without touching data happens here, and each error names the
+channel and the field, using SageMaker's own field names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import yaml
+
+from sagemaker_pipe.errors import ConfigError
+
+DATA_TYPES = ("S3Prefix", "ManifestFile", "AugmentedManifestFile")
+DISTRIBUTIONS = ("FullyReplicated", "ShardedByS3Key")
+INPUT_MODES = ("Pipe", "File", "FastFile")
+COMPRESSIONS = ("None", "Gzip")
+WRAPPERS = ("None", "RecordIO")
+
+CHANNEL_FIELDS = {
+    "ChannelName", "DataSource", "ContentType", "CompressionType",
+    "RecordWrapperType", "InputMode", "ShuffleConfig", "InstanceGroupNames",
+}
+S3_FIELDS = {"S3Uri", "S3DataType", "S3DataDistributionType", "AttributeNames", "InstanceGroupNames"}
+NAME_RE = re.compile(r"[A-Za-z0-9.\-_]{1,64}")
+HOST_RE = re.compile(r"[A-Za-z0-9.\-_]{1,64}")
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One channel, with every default filled in."""
+
+    name: str
+    uri: str  # "s3://bucket/key" or an absolute local path
+    data_type: str = "S3Prefix"
+    distribution: str = "FullyReplicated"
+    attribute_names: tuple[str, ...] = ()
+    input_mode: str = "Pipe"
+    compression: str = "None"
+    record_wrapper: str = "None"
+    content_type: str | None = None
+    shuffle_seed: int | None = None
+
+    @property
+    def gunzip(self) -> bool:
+        return self.compression == "Gzip"
+
+    @property
+    def recordio(self) -> bool:
+        return self.record_wrapper == "RecordIO"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the sidecar serves: the channels and the cluster it pretends to be part of."""
+
+    channels: tuple[Channel, ...]
+    hyperparameters: dict[str, str] = field(default_factory=dict)
+    current_host: str = "algo-1"
+    hosts: tuple[str, ...] = ("algo-1",)
+
+    @property
+    def host_index(self) -> int:
+        return self.hosts.index(self.current_host)
+
+
+def load_job(path: str | Path, hosts: list[str] | None = None, current_host: str | None = None) -> Job:
+    """Parse and validate a channel file; `hosts`/`current_host` override its ResourceConfig."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read channel file {path}: {_reason(e)}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"channel file {path} is not valid YAML{at}") from None
+    return parse_job(doc, base_dir=path.resolve().parent, source=str(path), hosts=hosts, current_host=current_host)
+
+
+def parse_job(
+    doc: Any,
+    base_dir: Path,
+    source: str = "channel file",
+    hosts: list[str] | None = None,
+    current_host: str | None = None,
+) -> Job:
+    """Build a Job from the parsed document (a list of channels or a CreateTrainingJob-like mapping)."""
+    top: Mapping[str, Any]
+    if isinstance(doc, list):
+        top, channels_doc = {}, doc
+    elif isinstance(doc, Mapping) and "InputDataConfig" in doc:
+        top, channels_doc = doc, doc["InputDataConfig"]
+    else:
+        raise ConfigError(f"{source}: expected a list of channels or a mapping with InputDataConfig")
+    if not isinstance(channels_doc, list) or not channels_doc:
+        raise ConfigError(f"{source}: InputDataConfig must be a non-empty list of channels")
+    if len(channels_doc) > 20:
+        raise ConfigError(f"{source}: InputDataConfig has {len(channels_doc)} channels; SageMaker allows 1 to 20")
+
+    job_mode = _job_input_mode(top, source)
+    channels = [_parse_channel(c, i, job_mode, base_dir) for i, c in enumerate(channels_doc)]
+    seen: set[str] = set()
+    for c in channels:
+        if c.name in seen:
+            raise ConfigError(f"channel {c.name!r}: ChannelName is used by more than one channel")
+        seen.add(c.name)
+
+    host_list, me = _parse_hosts(top.get("ResourceConfig"), source)
+    if hosts is not None:
+        host_list = _check_hosts(hosts, "--hosts")
+        me = current_host or host_list[0]
+    elif current_host is not None:
+        me = current_host
+    if me not in host_list:
+        raise ConfigError(f"current host {me!r} is not among the hosts {', '.join(host_list)}")
+    return Job(
+        channels=tuple(channels),
+        hyperparameters=_parse_hyperparameters(top.get("HyperParameters"), source),
+        current_host=me,
+        hosts=tuple(host_list),
+    )
+
+
+def resolve_local(uri: str, base_dir: PurePath) -> str:
+    """Turn a `file://` URI or a path relative to the channel file into an absolute path."""
+    if uri.startswith("file://"):
+        parsed = urlparse(uri)
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"file URI with a host is not supported: {uri}")
+        return unquote(parsed.path)
+    return str((Path(base_dir) / Path(uri).expanduser()).absolute())
+
+
+def _job_input_mode(top: Mapping[str, Any], source: str) -> str:
+    spec = top.get("AlgorithmSpecification")
+    mode = top.get("TrainingInputMode")
+    if mode is None and isinstance(spec, Mapping):
+        mode = spec.get("TrainingInputMode")
+    if mode is None:
+        return "Pipe"
+    if mode not in INPUT_MODES:
+        raise ConfigError(f"{source}: TrainingInputMode must be one of {', '.join(INPUT_MODES)} (got {mode!r})")
+    return str(mode)
+
+
+def _parse_channel(doc: Any, index: int, job_mode: str, base_dir: Path) -> Channel:
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"channel #{index + 1}: expected a mapping of fields, got {type(doc).__name__}")
+    name = doc.get("ChannelName")
+    if name is None:
+        raise ConfigError(f"channel #{index + 1}: ChannelName is required")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(
+            f"channel #{index + 1}: ChannelName {name!r} must be 1-64 characters of letters, digits, '.', '-', '_'"
+        )
+    where = f"channel {name!r}"
+    _no_unknown(doc, CHANNEL_FIELDS, where)
+
+    ds = doc.get("DataSource")
+    if not isinstance(ds, Mapping):
+        raise ConfigError(f"{where}: DataSource.S3DataSource is required")
+    for key in ds:
+        if key == "FileSystemDataSource":
+            raise ConfigError(f"{where}: DataSource.FileSystemDataSource (EFS/FSx) is not supported; use S3DataSource")
+        if key != "S3DataSource":
+            raise ConfigError(f"{where}: unknown field DataSource.{key}")
+    s3 = ds.get("S3DataSource")
+    if not isinstance(s3, Mapping):
+        raise ConfigError(f"{where}: DataSource.S3DataSource is required")
+    _no_unknown(s3, S3_FIELDS, where, prefix="DataSource.S3DataSource.")
+
+    uri = s3.get("S3Uri")
+    if not isinstance(uri, str) or not uri.strip():
+        raise ConfigError(f"{where}: DataSource.S3DataSource.S3Uri is required (an s3:// URI or a local path)")
+    if "\0" in uri:
+        raise ConfigError(f"{where}: DataSource.S3DataSource.S3Uri contains a NUL byte")
+    if not uri.startswith("s3://"):
+        try:
+            uri = resolve_local(uri, base_dir)
+        except ValueError as e:
+            raise ConfigError(f"{where}: DataSource.S3DataSource.S3Uri: {e}") from None
+
+    data_type = _enum(s3, "S3DataType", DATA_TYPES, "S3Prefix", where, "DataSource.S3DataSource.")
+    attributes = s3.get("AttributeNames")
+    if data_type == "AugmentedManifestFile":
+        if (
+            not isinstance(attributes, list)
+            or not 1 <= len(attributes) <= 16
+            or not all(isinstance(a, str) and a for a in attributes)
+        ):
+            raise ConfigError(
+                f"{where}: DataSource.S3DataSource.AttributeNames must be a list of 1 to 16 attribute names"
+            )
+    elif attributes is not None:
+        raise ConfigError(f"{where}: DataSource.S3DataSource.AttributeNames is only for AugmentedManifestFile")
+
+    input_mode = _enum(doc, "InputMode", INPUT_MODES, job_mode, where)
+    if data_type == "AugmentedManifestFile" and input_mode != "Pipe":
+        raise ConfigError(f"{where}: AugmentedManifestFile needs InputMode Pipe (got {input_mode})")
+
+    content_type = doc.get("ContentType")
+    if content_type is not None and not isinstance(content_type, str):
+        raise ConfigError(f"{where}: ContentType must be a string")
+
+    return Channel(
+        name=name,
+        uri=uri,
+        data_type=data_type,
+        distribution=_enum(s3, "S3DataDistributionType", DISTRIBUTIONS, "FullyReplicated", where,
+                           "DataSource.S3DataSource."),
+        attribute_names=tuple(attributes or ()),
+        input_mode=input_mode,
+        compression=_enum(doc, "CompressionType", COMPRESSIONS, "None", where),
+        record_wrapper=_enum(doc, "RecordWrapperType", WRAPPERS, "None", where),
+        content_type=content_type,
+        shuffle_seed=_parse_shuffle(doc.get("ShuffleConfig"), where),
+    )
+
+
+def _enum(doc: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: str, where: str,
+          prefix: str = "") -> str:
+    value = doc.get(key, default)
+    if value not in allowed:
+        hint = " (the Converse data type is for Bedrock, not training channels)" if value == "Converse" else ""
+        raise ConfigError(f"{where}: {prefix}{key} must be one of {', '.join(allowed)} (got {value!r}){hint}")
+    return str(value)
+
+
+def _parse_shuffle(doc: Any, where: str) -> int | None:
+    if doc is None:
+        return None
+    if not isinstance(doc, Mapping) or set(doc) != {"Seed"}:
+        raise ConfigError(f"{where}: ShuffleConfig must be a mapping with exactly one field, Seed")
+    seed = doc["Seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"{where}: ShuffleConfig.Seed must be an integer (got {seed!r})")
+    return seed
+
+
+def _no_unknown(doc: Mapping[str, Any], known: set[str], where: str, prefix: str = "") -> None:
+    for key in doc:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown field {prefix}{key}")
+
+
+def _parse_hosts(doc: Any, source: str) -> tuple[list[str], str]:
+    """ResourceConfig: our CurrentHost/Hosts, or SageMaker's InstanceCount (hosts algo-1..algo-N)."""
+    if doc is None:
+        return ["algo-1"], "algo-1"
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"{source}: ResourceConfig must be a mapping")
+    if "Hosts" in doc:
+        hosts = _check_hosts(doc["Hosts"], "ResourceConfig.Hosts")
+    else:
+        count = doc.get("InstanceCount", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"{source}: ResourceConfig.InstanceCount must be a positive integer (got {count!r})")
+        hosts = [f"algo-{i}" for i in range(1, count + 1)]
+    me = doc.get("CurrentHost", hosts[0])
+    if not isinstance(me, str):
+        raise ConfigError(f"{source}: ResourceConfig.CurrentHost must be a host name")
+    return hosts, me
+
+
+def _check_hosts(hosts: Any, what: str) -> list[str]:
+    if (
+        not isinstance(hosts, list)
+        or not hosts
+        or not all(isinstance(h, str) and HOST_RE.fullmatch(h) for h in hosts)
+        or len(set(hosts)) != len(hosts)
+    ):
+        raise ConfigError(f"{what} must be a non-empty list of distinct host names")
+    return sorted(hosts)
+
+
+def _parse_hyperparameters(doc: Any, source: str) -> dict[str, str]:
+    """SageMaker hands hyperparameters to the algorithm as strings; do the same."""
+    if doc is None:
+        return {}
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"{source}: HyperParameters must be a mapping")
+    return {str(k): v if isinstance(v, str) else json.dumps(v, separators=(",", ":")) for k, v in doc.items()}
+
+
+def _reason(e: BaseException) -> str:
+    return getattr(e, "strerror", None) or str(e)

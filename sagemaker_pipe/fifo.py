@@ -1,0 +1,196 @@
+"""The sink: one FIFO's whole life, from mkfifo to unlink, and the fast ways to fill it.
+
+The write end is kept non-blocking and every wait is a bounded poll, so a worker thread
+notices shutdown within a fraction of a second even while its reader is absent or stalled.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import stat
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from sagemaker_pipe.errors import DataError
+from sagemaker_pipe.sources.base import Chunk, FileSpan
+
+BATCH = 1 << 20  # small pieces are gathered up to this before one write()
+POLL_S = 0.1  # the longest a blocked worker goes without checking for shutdown
+
+
+class ReaderGone(Exception):
+    """The reader closed its end before the epoch was complete: end the epoch quietly."""
+
+
+class Stopped(Exception):
+    """Shutdown was requested while waiting."""
+
+
+def _pipe_max() -> int:
+    try:
+        return int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+PIPE_MAX = _pipe_max()
+
+
+class FifoSet:
+    """Every FIFO this process made, so shutdown can remove them all whatever state they are in."""
+
+    def __init__(self) -> None:
+        self._paths: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def create(self, path: Path) -> Path:
+        """mkfifo at path (replacing a stale file), readable and writable by any uid."""
+        replace_stale(path)
+        os.mkfifo(path)
+        os.chmod(path, 0o666)  # the algorithm container may run under another uid; umask must not matter
+        with self._lock:
+            self._paths.add(path)
+        return path
+
+    def remove(self, path: Path) -> None:
+        with self._lock:
+            self._paths.discard(path)
+        path.unlink(missing_ok=True)
+
+    def remove_all(self) -> None:
+        with self._lock:
+            paths, self._paths = self._paths, set()
+        for p in paths:
+            p.unlink(missing_ok=True)
+
+
+def replace_stale(path: Path) -> None:
+    """Remove a FIFO or file an earlier run left under this name; refuse to touch a folder."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{path} is a folder, not a FIFO this tool can replace")
+    path.unlink()
+
+
+def open_writer(path: Path, stop: threading.Event) -> FifoWriter:
+    """Wait for a reader to open path, then return the write end; raise Stopped on shutdown.
+
+    A non-blocking open fails with ENXIO until a reader is there, so poll with a short
+    back-off: readers that open the FIFO as soon as it exists are picked up within a millisecond.
+    """
+    delay = 0.001
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            return FifoWriter(fd, stop)
+        except OSError as e:
+            if e.errno != errno.ENXIO:
+                raise DataError(f"cannot open {path} for writing: {e.strerror}") from None
+        if stop.wait(delay):
+            raise Stopped
+        delay = min(delay * 2, 0.05)
+
+
+class FifoWriter:
+    """The write end of one epoch's FIFO: batched writes, splice for file spans, EPIPE as ReaderGone."""
+
+    def __init__(self, fd: int, stop: threading.Event) -> None:
+        self.fd = fd
+        self.stop = stop
+        self.written = 0
+        self.blocked_s = 0.0  # time spent waiting for the reader to make room
+        self._batch = bytearray()
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLOUT)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_MAX)
+        except OSError:
+            pass  # over the user's pipe-buffer quota: the default size still works, only slower
+
+    def write_all(self, chunks: Iterable[Chunk]) -> None:
+        for c in chunks:
+            if isinstance(c, FileSpan):
+                self.flush()
+                self._splice(c)
+            elif len(c) >= BATCH:
+                self.flush()
+                self._write(memoryview(c))
+            else:
+                self._batch += c
+                if len(self._batch) >= BATCH:
+                    self.flush()
+
+    def flush(self) -> None:
+        if self._batch:
+            data, self._batch = self._batch, bytearray()
+            self._write(memoryview(data))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _write(self, view: memoryview) -> None:
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except BlockingIOError:
+                self._wait()
+                continue
+            except BrokenPipeError:
+                raise ReaderGone from None
+            self.written += n
+            view = view[n:]
+
+    def _splice(self, span: FileSpan) -> None:
+        offset, end = span.offset, span.offset + span.length
+        while offset < end:
+            try:
+                n = os.splice(span.fd, self.fd, end - offset, offset_src=offset)
+            except BlockingIOError:
+                self._wait()
+                continue
+            except BrokenPipeError:
+                raise ReaderGone from None
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.ENOSYS):
+                    raise
+                self._copy(span, offset)  # a file system without splice support
+                return
+            if n == 0:
+                raise _short(span, offset)
+            offset += n
+            self.written += n
+
+    def _copy(self, span: FileSpan, offset: int) -> None:
+        end = span.offset + span.length
+        while offset < end:
+            data = os.pread(span.fd, min(BATCH, end - offset), offset)
+            if not data:
+                raise _short(span, offset)
+            self._write(memoryview(data))
+            offset += len(data)
+
+    def _wait(self) -> None:
+        """Wait until the pipe has room; a reader that closed shows up as the next write's EPIPE."""
+        t0 = time.monotonic()
+        while not self._poll.poll(POLL_S * 1000):
+            if self.stop.is_set():
+                raise Stopped
+        self.blocked_s += time.monotonic() - t0
+        if self.stop.is_set():
+            raise Stopped
+
+
+def _short(span: FileSpan, offset: int) -> DataError:
+    return DataError(
+        f"{span.name} ended after {offset - span.offset} of {span.length} bytes (changed while streaming)"
+    )

@@ -1,0 +1,52 @@
+"""Every path under the ml-root, and the writers of the config files the algorithm reads.
+
+Kept in one place (like sagemaker-training-toolkit's environment.py) so that no other
+module spells out `/opt/ml/...` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ML_ROOT = "/opt/ml"
+CONTAINER_CONFIG = "/config/channels.yaml"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The folders SageMaker lays out for an algorithm, below one root."""
+
+    data_dir: Path
+    config_dir: Path | None  # None in the original tool's form: FIFOs only
+
+    @classmethod
+    def under(cls, ml_root: str | os.PathLike[str]) -> Layout:
+        root = Path(ml_root)
+        return cls(data_dir=root / "input" / "data", config_dir=root / "input" / "config")
+
+    def fifo(self, channel: str, epoch: int) -> Path:
+        return self.data_dir / f"{channel}_{epoch}"
+
+    def write_config(self, name: str, content: Any) -> None:
+        """Write `<config_dir>/<name>` atomically: a reader never sees half a file."""
+        assert self.config_dir is not None
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.config_dir / name, json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a world-readable file through a temporary sibling and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

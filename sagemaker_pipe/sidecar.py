@@ -1,0 +1,133 @@
+"""Runs every channel of a job at once: config files, first FIFOs, workers, signals, cleanup."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from sagemaker_pipe.channel import ChannelWorker
+from sagemaker_pipe.config import Job
+from sagemaker_pipe.errors import ConfigError, PipeError
+from sagemaker_pipe.fifo import FifoSet, Stopped, replace_stale
+from sagemaker_pipe.layout import Layout, write_atomic
+from sagemaker_pipe.plan import ChannelPlan
+
+log = logging.getLogger("sagemaker_pipe")
+GRACE_S = 1.0  # how long workers get to notice shutdown before their FIFOs are removed under them
+
+
+def input_data_config(job: Job) -> dict[str, dict[str, str]]:
+    """inputdataconfig.json as SageMaker writes it (note S3DistributionType, no CompressionType)."""
+    out = {}
+    for c in job.channels:
+        entry = {
+            "TrainingInputMode": c.input_mode,
+            "S3DistributionType": c.distribution,
+            "RecordWrapperType": c.record_wrapper,
+        }
+        if c.content_type is not None:
+            entry["ContentType"] = c.content_type
+        out[c.name] = entry
+    return out
+
+
+def resource_config(job: Job) -> dict[str, object]:
+    return {"current_host": job.current_host, "hosts": list(job.hosts), "network_interface_name": "eth0"}
+
+
+class Sidecar:
+    """Owns the stop flag, the set of FIFOs made, and the worker threads."""
+
+    def __init__(self, job: Job | None, plans: list[ChannelPlan], layout: Layout, epochs: int | None = None,
+                 status_file: Path | None = None) -> None:
+        self.job = job  # None in the original tool's form, which writes no config files
+        self.plans = plans
+        self.layout = layout
+        self.epochs = epochs
+        self.status_file = status_file
+        self.stop = threading.Event()
+        self.fifos = FifoSet()
+        self.errors: list[BaseException] = []
+
+    def _write_config(self, job: Job) -> None:
+        """The three config files, each atomically, before any FIFO exists."""
+        try:
+            self.layout.write_config("inputdataconfig.json", input_data_config(job))
+            self.layout.write_config("resourceconfig.json", resource_config(job))
+            self.layout.write_config("hyperparameters.json", job.hyperparameters)
+        except OSError as e:
+            raise ConfigError(f"cannot write config files in {self.layout.config_dir}: {e.strerror}") from None
+
+    def run(self) -> int:
+        """Serve until every channel has done its epochs, a signal arrives, or an object fails."""
+        self._handle_signals()
+        if self.job is not None:
+            self._write_config(self.job)
+        try:
+            self._make_first_fifos()
+            self._write_status()
+            threads = [threading.Thread(target=self._work, args=(p,), name=p.channel.name, daemon=True)
+                       for p in self.plans]
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads) and not self.stop.is_set():
+                self.stop.wait(0.1)
+            deadline = time.monotonic() + GRACE_S
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+        finally:
+            self.fifos.remove_all()
+            if self.status_file is not None:
+                self.status_file.unlink(missing_ok=True)
+        if self.errors:
+            raise self.errors[0]
+        return 0
+
+    def _make_first_fifos(self) -> None:
+        try:
+            self.layout.data_dir.mkdir(parents=True, exist_ok=True)
+            for p in self.plans:
+                name = p.channel.name
+                for stale in self.layout.data_dir.glob(f"{name}_*"):  # names hold no glob characters
+                    if re.fullmatch(re.escape(name) + r"_\d+", stale.name):
+                        replace_stale(stale)
+                self.fifos.create(self.layout.fifo(name, 0))
+        except OSError as e:
+            raise ConfigError(f"cannot create FIFOs in {self.layout.data_dir}: {e.strerror}") from None
+
+    def _write_status(self) -> None:
+        """A small ready file for health checks: config files and every first FIFO exist."""
+        if self.status_file is None:
+            return
+        self.status_file.parent.mkdir(parents=True, exist_ok=True)
+        status = {"ready": True, "pid": os.getpid(), "channels": [p.channel.name for p in self.plans]}
+        write_atomic(self.status_file, json.dumps(status) + "\n")
+
+    def _work(self, plan: ChannelPlan) -> None:
+        try:
+            ChannelWorker(plan, self.layout, self.fifos, self.stop, self.epochs).run()
+        except Stopped:
+            pass
+        except PipeError as e:
+            self.errors.append(e)
+            self.stop.set()
+        except BaseException as e:  # a bug: still stop everything and clean up
+            log.exception("channel %s failed", plan.channel.name)
+            self.errors.append(e)
+            self.stop.set()
+
+    def _handle_signals(self) -> None:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("%s received: removing FIFOs and exiting", signal.Signals(signum).name)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+

