@@ -79,11 +79,9 @@ def serve(argv: list[str], defaults: dict[str, str]) -> int:
     for key, var in ENV.items():
         if getattr(args, key) is None:
             setattr(args, key, os.environ.get(var) or defaults.get(key))
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    # -d is about our objects; botocore's debug output (headers, signatures) stays off
+    logging.getLogger("sagemaker_pipe").setLevel(logging.DEBUG if args.debug else logging.INFO)
     epochs = _epochs(args.epochs)
     status_file = Path(args.status_file) if args.status_file else None
 

@@ -20,6 +20,7 @@ class ObjectRef:
     uri: str
     key: str
     size: int | None = None
+    etag: str | None = None  # S3's version marker, so a resumed GET cannot splice two versions
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,369 @@
+"""S3 through boto3: listing, manifests, and an epoch's objects fetched ahead in parallel.
+
+An epoch's objects are cut into parts (one per small object, ranges of PART bytes for large
+ones) that a small pool of daemon threads fetches ahead, never holding more than READ_AHEAD
+bytes per channel. The part at the head streams as its bytes arrive, so the FIFO sees an
+object's first bytes long before the object is complete. A body that breaks mid-way is
+resumed with a Range GET from the exact byte reached (If-Match on the ETag, so the bytes all
+come from one version); throttling and 5xx answers are botocore's to retry (standard mode).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from urllib3.exceptions import HTTPError
+
+from sagemaker_pipe.errors import ConfigError, DataError
+from sagemaker_pipe.sources.base import CHUNK, Chunk, ObjectRef
+
+log = logging.getLogger("sagemaker_pipe")
+MIB = 1 << 20
+
+
+def _env_number(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise ConfigError(f"{name} must be a number (got {value!r})") from None
+
+
+READ_AHEAD = int(_env_number("SAGEMAKER_PIPE_S3_READ_AHEAD_MB", 64) * MIB)  # per channel
+PART = int(_env_number("SAGEMAKER_PIPE_S3_PART_MB", 8) * MIB)
+THREADS = int(_env_number("SAGEMAKER_PIPE_S3_THREADS", 16))
+READ_TIMEOUT = _env_number("SAGEMAKER_PIPE_S3_READ_TIMEOUT", 60)
+RESUMES = 5  # broken bodies resumed per part before the object is declared lost
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket:
+        raise ConfigError(f"{uri}: no bucket in the S3 URI")
+    return bucket, key
+
+
+class S3Transport:
+    def __init__(self) -> None:
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._pool = _Pool(THREADS)
+
+    @property
+    def client(self) -> Any:
+        """One thread-safe client, made on first use from the standard chain and endpoint variables."""
+        with self._lock:
+            if self._client is None:
+                retries: dict[str, Any] = {}
+                if not os.environ.get("AWS_RETRY_MODE"):
+                    retries["mode"] = "standard"
+                if not os.environ.get("AWS_MAX_ATTEMPTS"):
+                    retries["total_max_attempts"] = 5
+                config = Config(
+                    retries=retries or None,
+                    read_timeout=READ_TIMEOUT,
+                    connect_timeout=10,
+                    max_pool_connections=THREADS + 4,
+                )
+                self._client = boto3.session.Session().client("s3", config=config)
+            return self._client
+
+    def list(self, uri: str) -> list[ObjectRef]:
+        """Every object whose key starts with the prefix (a plain string match), folder markers skipped."""
+        bucket, prefix = split_uri(uri)
+        root = prefix[: prefix.rfind("/") + 1]  # keys are kept relative to the prefix's folder
+        refs = []
+        with _errors(uri):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    key = obj["Key"]
+                    if key.endswith("/") and obj["Size"] == 0:
+                        continue
+                    refs.append(ObjectRef(f"s3://{bucket}/{key}", key[len(root):], obj["Size"], obj.get("ETag")))
+        refs.sort(key=lambda r: r.uri.encode("utf-8"))  # S3's order, whatever the server returned
+        return refs
+
+    def read_bytes(self, uri: str) -> bytes:
+        bucket, key = split_uri(uri)
+        with _errors(uri):
+            return bytes(self.client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    def stat(self, refs: Sequence[ObjectRef]) -> list[ObjectRef]:
+        """HEAD every object in parallel; the first missing one fails the job, named."""
+        results: list[Any] = [None] * len(refs)
+        done = threading.Semaphore(0)
+
+        def head(i: int, ref: ObjectRef) -> None:
+            bucket, key = split_uri(ref.uri)
+            try:
+                with _errors(ref.uri):
+                    r = self.client.head_object(Bucket=bucket, Key=key)
+                results[i] = ObjectRef(ref.uri, ref.key, r["ContentLength"], r.get("ETag"))
+            except ConfigError as e:
+                results[i] = e
+            finally:
+                done.release()
+
+        for i, ref in enumerate(refs):
+            self._pool.submit(lambda i=i, ref=ref: head(i, ref))
+        for _ in refs:
+            done.acquire()
+        for r in results:
+            if isinstance(r, ConfigError):
+                raise r
+        return results
+
+    def stream(self, refs: Iterable[ObjectRef]) -> Iterator[S3Stream]:
+        ahead = _ReadAhead(self, list(refs))
+        try:
+            for i, ref in enumerate(ahead.refs):
+                yield S3Stream(ref, ahead, i)
+        finally:
+            ahead.cancel()
+
+    def fetch(self, part: _Part) -> None:
+        """Fill one part, resuming a broken body from the exact byte reached."""
+        bucket, key = split_uri(part.ref.uri)
+        pos, end = part.start, part.end
+        resumes = 0
+        while pos < end and not part.cancelled:
+            args: dict[str, Any] = {"Bucket": bucket, "Key": key}
+            if (pos, end) != (0, part.ref.size):
+                args["Range"] = f"bytes={pos}-{end - 1}"
+            if part.ref.etag and (pos > 0 or resumes):
+                args["IfMatch"] = part.ref.etag
+            try:
+                try:
+                    response = self.client.get_object(**args)
+                except ClientError as e:
+                    raise DataError(f"{part.ref.uri}: {_describe(e)}") from None
+                total = _total_size(response)
+                if total != part.ref.size:
+                    raise DataError(f"{part.ref.uri} is {total} bytes now, {part.ref.size} when listed; "
+                                    "it changed while the job ran")
+                body = response["Body"]
+                try:
+                    while pos < end and not part.cancelled:
+                        data = body.read(min(CHUNK, end - pos))
+                        if not data:
+                            raise _Short
+                        part.put(data)
+                        pos += len(data)
+                finally:
+                    body.close()
+            except (BotoCoreError, HTTPError, OSError, _Short) as e:
+                resumes += 1
+                if resumes > RESUMES:
+                    raise DataError(f"{part.ref.uri}: download failed at byte {pos} after {RESUMES} resumes "
+                                    f"({type(e).__name__})") from None
+                log.warning("%s: body broke at byte %d (%s); resuming", part.ref.uri, pos, type(e).__name__)
+                time.sleep(min(0.1 * 2**resumes, 2.0))
+
+
+class S3Stream:
+    """One object of an epoch (the index-th), read from the parts the read-ahead fetches for it."""
+
+    def __init__(self, ref: ObjectRef, ahead: _ReadAhead, index: int) -> None:
+        assert ref.size is not None
+        self.ref = ref
+        self.size = ref.size
+        self._ahead = ahead
+        self._index = index
+        self._part = ahead.next_part(index)
+        self._rest = b""
+
+    def chunks(self) -> Iterator[Chunk]:
+        while True:
+            data = self.read(CHUNK)
+            if not data:
+                return
+            yield data
+
+    def read(self, n: int = CHUNK) -> bytes:
+        while not self._rest and self._part is not None:
+            self._rest = self._part.get()
+            if not self._rest:
+                self._ahead.release(self._part)
+                self._part = self._ahead.next_part(self._index)
+        data, self._rest = self._rest[:n], self._rest[n:]
+        return data
+
+    def reopen(self) -> S3Stream:
+        return S3Stream(self.ref, _ReadAhead(self._ahead.transport, [self.ref]), 0)
+
+    def close(self) -> None:
+        """Give back what this object still holds, including parts fetched ahead for it."""
+        while self._part is not None:
+            self._part.cancelled = True
+            self._ahead.release(self._part)
+            self._part = self._ahead.next_part(self._index)
+
+
+class _Short(Exception):
+    """The body ended before the bytes the response promised."""
+
+
+class _Part:
+    """Bytes [start, end) of the index-th object, filled by a pool thread, drained by the FIFO writer."""
+
+    def __init__(self, ref: ObjectRef, index: int, start: int, end: int) -> None:
+        self.ref, self.index, self.start, self.end = ref, index, start, end
+        self.cancelled = False
+        self._q: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    def put(self, data: bytes) -> None:
+        self._q.put(data)
+
+    def run(self, transport: S3Transport) -> None:
+        try:
+            if not self.cancelled:
+                transport.fetch(self)
+            self._q.put(None)
+        except BaseException as e:  # handed to the reader, who stops the job naming the object
+            self._q.put(e)
+
+    def get(self) -> bytes:
+        """The next bytes, b"" at the end of the part; a failed download raises here."""
+        item = self._q.get()
+        if item is None:
+            self._q.put(None)  # stay at the end for any later call
+            return b""
+        if isinstance(item, BaseException):
+            self._q.put(item)
+            raise item if isinstance(item, DataError) else DataError(f"{self.ref.uri}: {item}")
+        return item
+
+
+class _ReadAhead:
+    """Schedules an epoch's parts in order while the bytes they hold stay under READ_AHEAD.
+
+    The part the writer needs next is always scheduled, budget or not, so one object larger
+    than the budget still streams, a part at a time.
+    """
+
+    def __init__(self, transport: S3Transport, refs: list[ObjectRef]) -> None:
+        self.transport = transport
+        self.refs = refs
+        self._todo: deque[_Part] = deque(p for i, r in enumerate(refs) for p in _split(r, i))
+        self._ahead: deque[_Part] = deque()  # scheduled, not yet handed to a stream
+        self._held = 0
+        self._lock = threading.Lock()
+        self._fill()
+
+    def next_part(self, index: int) -> _Part | None:
+        """The next part of object `index`, or None when it has no more."""
+        with self._lock:
+            if self._ahead and self._ahead[0].index == index:
+                part = self._ahead.popleft()
+            elif not self._ahead and self._todo and self._todo[0].index == index:
+                part = self._todo.popleft()
+                self._schedule(part)
+            else:
+                part = None
+        self._fill()
+        return part
+
+    def release(self, part: _Part) -> None:
+        with self._lock:
+            self._held -= part.length
+        self._fill()
+
+    def cancel(self) -> None:
+        with self._lock:
+            for p in self._ahead:
+                p.cancelled = True
+            self._ahead.clear()
+            self._todo.clear()
+
+    def _fill(self) -> None:
+        with self._lock:
+            while (
+                self._todo
+                and len(self._ahead) < 4 * THREADS
+                and self._held + self._todo[0].length <= READ_AHEAD
+            ):
+                part = self._todo.popleft()
+                self._schedule(part)
+                self._ahead.append(part)
+
+    def _schedule(self, part: _Part) -> None:
+        self._held += part.length
+        self.transport._pool.submit(lambda: part.run(self.transport))
+
+
+def _split(ref: ObjectRef, index: int) -> list[_Part]:
+    assert ref.size is not None
+    return [_Part(ref, index, start, min(start + PART, ref.size)) for start in range(0, ref.size, PART)]
+
+
+class _Pool:
+    """Daemon worker threads, started on first use: a stalled socket never delays exit."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._started = False
+        self._lock = threading.Lock()
+
+    def submit(self, task: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._started:
+                for i in range(self.size):
+                    threading.Thread(target=self._work, name=f"s3-{i}", daemon=True).start()
+                self._started = True
+        self._tasks.put(task)
+
+    def _work(self) -> None:
+        while True:
+            self._tasks.get()()
+
+
+def _total_size(response: dict[str, Any]) -> int:
+    content_range = response.get("ContentRange")  # "bytes 0-99/1234"
+    if content_range:
+        return int(content_range.rsplit("/", 1)[1])
+    return int(response["ContentLength"])
+
+
+def _describe(e: ClientError) -> str:
+    err = e.response.get("Error", {})
+    code = err.get("Code") or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    names = {"404": "NoSuchKey", "403": "AccessDenied", "412": "PreconditionFailed (changed while the job ran)"}
+    message = err.get("Message")
+    code = names.get(str(code), code)
+    return f"{code}: {message}" if message else str(code)
+
+
+class _errors:
+    """Turn boto3's failures at planning time into one-line ConfigErrors naming the URI."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: object) -> None:
+        if e is None or isinstance(e, ConfigError):
+            return
+        if isinstance(e, NoCredentialsError):
+            raise ConfigError(f"{self.uri}: no AWS credentials found (set AWS_ACCESS_KEY_ID and "
+                              "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)") from None
+        if isinstance(e, ClientError):
+            raise ConfigError(f"{self.uri}: {_describe(e)}") from None
+        if isinstance(e, (BotoCoreError, HTTPError, OSError)):
+            raise ConfigError(f"{self.uri}: {e}") from None
