@@ -6,6 +6,7 @@ module spells out `/opt/ml/...` itself.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -35,8 +36,22 @@ class Layout:
     def write_config(self, name: str, content: Any) -> None:
         """Write `<config_dir>/<name>` atomically: a reader never sees half a file."""
         assert self.config_dir is not None
-        self.config_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.config_dir)
         write_atomic(self.config_dir / name, json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
+def make_dirs(path: Path) -> None:
+    """mkdir -p, each folder it makes 0755 whatever the umask: the algorithm may run as another uid."""
+    missing = []
+    top = path
+    while not top.exists():
+        missing.append(top)
+        top = top.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        os.chmod(folder, 0o755)
+    if not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(path))
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -16,7 +16,7 @@ from sagemaker_pipe.channel import ChannelWorker
 from sagemaker_pipe.config import Job
 from sagemaker_pipe.errors import ConfigError, PipeError
 from sagemaker_pipe.fifo import FifoSet, Stopped, replace_stale
-from sagemaker_pipe.layout import Layout, write_atomic
+from sagemaker_pipe.layout import Layout, make_dirs, write_atomic
 from sagemaker_pipe.plan import ChannelPlan
 
 log = logging.getLogger("sagemaker_pipe")
@@ -68,6 +68,7 @@ class Sidecar:
     def run(self) -> int:
         """Serve until every channel has done its epochs, a signal arrives, or an object fails."""
         self._handle_signals()
+        self._prepare_data_dir()
         if self.job is not None:
             self._write_config(self.job)
         try:
@@ -90,15 +91,22 @@ class Sidecar:
             raise self.errors[0]
         return 0
 
-    def _make_first_fifos(self) -> None:
+    def _prepare_data_dir(self) -> None:
+        """Make the data folder and clear `<channel>_<n>` files an earlier run left there."""
         try:
-            self.layout.data_dir.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.layout.data_dir)
             for p in self.plans:
                 name = p.channel.name
                 for stale in self.layout.data_dir.glob(f"{name}_*"):  # names hold no glob characters
                     if re.fullmatch(re.escape(name) + r"_\d+", stale.name):
                         replace_stale(stale)
-                self.fifos.create(self.layout.fifo(name, 0))
+        except OSError as e:
+            raise ConfigError(f"cannot use {self.layout.data_dir} for FIFOs: {e.strerror}") from None
+
+    def _make_first_fifos(self) -> None:
+        try:
+            for p in self.plans:
+                self.fifos.create(self.layout.fifo(p.channel.name, 0))
         except OSError as e:
             raise ConfigError(f"cannot create FIFOs in {self.layout.data_dir}: {e.strerror}") from None
 
@@ -106,7 +114,7 @@ class Sidecar:
         """A small ready file for health checks: config files and every first FIFO exist."""
         if self.status_file is None:
             return
-        self.status_file.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.status_file.parent)
         status = {"ready": True, "pid": os.getpid(), "channels": [p.channel.name for p in self.plans]}
         write_atomic(self.status_file, json.dumps(status) + "\n")
 
