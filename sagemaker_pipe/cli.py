@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream SageMaker training channels into Pipe-mode FIFOs, epoch after epoch.",
         epilog=f"Sidecar form: {PROG} --config FILE [--ml-root DIR] [--epochs N]. "
         f"Original tool's form: {PROG} [-d] [-x] [-r] CHANNEL_NAME SRC DEST. "
-        f"Options may also be set by environment: " + ", ".join(f"{v} (--{k.replace('_', '-')})" for k, v in ENV.items()),
+        "Options may also be set by environment: "
+        + ", ".join(f"{v} (--{k.replace('_', '-')})" for k, v in ENV.items()),
     )
     p.add_argument("legacy", nargs="*", metavar="CHANNEL_NAME SRC DEST", help="the original tool's arguments")
     p.add_argument("--config", "-c", help="channel file (YAML or JSON) mirroring CreateTrainingJob's InputDataConfig")
@@ -63,8 +65,9 @@ def main(argv: list[str] | None = None, defaults: dict[str, str] | None = None) 
     """Entry point; `defaults` are the container's (entrypoint.py), below environment and options."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        if argv[:1] == ["status"]:
-            return status(argv[1:])
+        command = SUBCOMMANDS.get(argv[0]) if argv else None
+        if command is not None:
+            return command(argv[1:])
         return serve(argv, defaults or {})
     except PipeError as e:
         print(f"{PROG}: error: {one_line(str(e))}", file=sys.stderr)
@@ -118,6 +121,11 @@ def status(argv: list[str]) -> int:
         ready = False
     print("ready" if ready else "not ready")
     return 0 if ready else 1
+
+
+# `sagemaker-pipe NAME ...`: each takes its own arguments and returns an exit status. (A channel
+# of the original tool's form cannot be called by one of these names.)
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"status": status}
 
 
 def _legacy_channel(name: str, src: str, args: argparse.Namespace) -> Channel:

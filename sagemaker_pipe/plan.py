@@ -59,7 +59,7 @@ def plan_channel(channel: Channel, host_index: int = 0, host_count: int = 1) -> 
     """List the channel's source (or read its manifest) once; errors name the channel and URI."""
     try:
         if channel.data_type == "S3Prefix":
-            units = [Unit((ref,)) for ref in sources.transport_for(channel.uri).list(channel.uri)]
+            units = [Unit((ref,)) for ref in sources.transport_for(channel.uri).list_objects(channel.uri)]
             if not units:
                 raise ConfigError(f"{channel.uri}: no objects to stream")
         elif channel.data_type == "ManifestFile":

@@ -55,7 +55,7 @@ class ObjectStream(Protocol):
 
 
 class Transport(Protocol):
-    def list(self, uri: str) -> list[ObjectRef]:
+    def list_objects(self, uri: str) -> list[ObjectRef]:
         """Every object under a prefix, sorted as S3 lists them; errors name the URI."""
 
     def read_bytes(self, uri: str) -> bytes:

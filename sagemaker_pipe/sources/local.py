@@ -56,7 +56,7 @@ class LocalStream:
 class LocalTransport:
     """`uri` is an absolute path: a folder (every file below it) or a single file."""
 
-    def list(self, uri: str) -> list[ObjectRef]:
+    def list_objects(self, uri: str) -> list[ObjectRef]:
         root = Path(uri)
         try:
             st = root.stat()

@@ -10,6 +10,7 @@ come from one version); throttling and 5xx answers are botocore's to retry (stan
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -78,7 +79,7 @@ class S3Transport:
                 self._client = boto3.session.Session().client("s3", config=config)
             return self._client
 
-    def list(self, uri: str) -> list[ObjectRef]:
+    def list_objects(self, uri: str) -> list[ObjectRef]:
         """Every object whose key starts with the prefix (a plain string match), folder markers skipped."""
         bucket, prefix = split_uri(uri)
         root = prefix[: prefix.rfind("/") + 1]  # keys are kept relative to the prefix's folder
@@ -115,7 +116,7 @@ class S3Transport:
                 done.release()
 
         for i, ref in enumerate(refs):
-            self._pool.submit(lambda i=i, ref=ref: head(i, ref))
+            self._pool.submit(functools.partial(head, i, ref))
         for _ in refs:
             done.acquire()
         for r in results:
