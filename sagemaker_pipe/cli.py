@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,7 +20,7 @@ from sagemaker_pipe import __version__
 from sagemaker_pipe.config import Channel, load_job, parse_job
 from sagemaker_pipe.errors import ConfigError, PipeError
 from sagemaker_pipe.layout import DEFAULT_ML_ROOT, Layout
-from sagemaker_pipe.plan import plan_channel, plan_job
+from sagemaker_pipe.plan import ChannelPlan, plan_channel, plan_job
 from sagemaker_pipe.sidecar import Sidecar
 
 PROG = "sagemaker-pipe"
@@ -30,6 +31,7 @@ ENV = {  # option -> environment variable that sets it (for the container)
     "status_file": "SAGEMAKER_PIPE_STATUS_FILE",
     "hosts": "SAGEMAKER_PIPE_HOSTS",
     "current_host": "SAGEMAKER_PIPE_CURRENT_HOST",
+    "throttle_mbps": "SAGEMAKER_PIPE_THROTTLE_MBPS",
 }
 
 
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", help="stop after N epochs of every channel (default: serve until stopped)")
     p.add_argument("--hosts", help="comma-separated host names, for ShardedByS3Key (default algo-1)")
     p.add_argument("--current-host", help="which of --hosts this sidecar serves")
+    p.add_argument("--throttle-mbps", metavar="N|CHANNEL=N,...",
+                   help="pace channels to N MB/s, to see how the algorithm copes with a slow source")
     p.add_argument("--status-file", help="write a JSON ready file here once the first FIFOs exist")
     p.add_argument("-x", "--gunzip", action="store_true", help="original form: gunzip each object")
     p.add_argument("-r", "--recordio", action="store_true", help="original form: wrap each object in RecordIO")
@@ -105,12 +109,15 @@ def serve(argv: list[str], defaults: dict[str, str]) -> int:
         job = load_job(args.config, hosts=hosts, current_host=args.current_host)
         plans = plan_job(job)
         layout = Layout.under(args.ml_root or DEFAULT_ML_ROOT)
+    plans = _throttled(plans, args.throttle_mbps)
     return Sidecar(job, plans, layout, epochs=epochs, status_file=status_file).run()
 
 
 def status(argv: list[str]) -> int:
     """Exit 0 when the sidecar's status file says it is ready (a container health check)."""
     p = _Parser(prog=f"{PROG} status", description="Exit 0 once the sidecar's first FIFOs exist.")
+    p.add_argument("--throttle-mbps", metavar="N|CHANNEL=N,...",
+                   help="pace channels to N MB/s, to see how the algorithm copes with a slow source")
     p.add_argument("--status-file", default=os.environ.get(ENV["status_file"]))
     args = p.parse_args(argv)
     if not args.status_file:
@@ -137,6 +144,26 @@ def _legacy_channel(name: str, src: str, args: argparse.Namespace) -> Channel:
         "RecordWrapperType": "RecordIO" if args.recordio else "None",
     }]
     return parse_job(doc, base_dir=Path.cwd(), source="arguments").channels[0]
+
+
+def _throttled(plans: list[ChannelPlan], spec: str | None) -> list[ChannelPlan]:
+    """Apply --throttle-mbps: `N` for every channel, or `name=N,...`; it wins over the channel file."""
+    if not spec:
+        return plans
+    names = {p.channel.name for p in plans}
+    rates: dict[str, float] = {}
+    for item in spec.split(","):
+        name, _, value = item.rpartition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = 0
+        if rate <= 0 or (name and name not in names):
+            raise ConfigError(f"--throttle-mbps: {item!r} is not N or CHANNEL=N with a channel of this job")
+        for n in [name] if name else names:
+            rates[n] = rate
+    return [replace(p, channel=replace(p.channel, throttle_mbps=rates.get(p.channel.name, p.channel.throttle_mbps)))
+            for p in plans]
 
 
 def _epochs(value: str | None) -> int | None:

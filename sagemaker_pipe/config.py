@@ -27,7 +27,9 @@ WRAPPERS = ("None", "RecordIO")
 CHANNEL_FIELDS = {
     "ChannelName", "DataSource", "ContentType", "CompressionType",
     "RecordWrapperType", "InputMode", "ShuffleConfig", "InstanceGroupNames",
+    "SageMakerPipe",  # local-only extensions; SageMaker itself has no such field
 }
+EXTENSION_FIELDS = {"ThrottleMBps"}
 S3_FIELDS = {"S3Uri", "S3DataType", "S3DataDistributionType", "AttributeNames", "InstanceGroupNames"}
 NAME_RE = re.compile(r"[A-Za-z0-9.\-_]{1,64}")
 HOST_RE = re.compile(r"[A-Za-z0-9.\-_]{1,64}")
@@ -47,6 +49,7 @@ class Channel:
     record_wrapper: str = "None"
     content_type: str | None = None
     shuffle_seed: int | None = None
+    throttle_mbps: float | None = None  # local-only: pace the channel like a slow source
 
     @property
     def gunzip(self) -> bool:
@@ -224,6 +227,7 @@ def _parse_channel(doc: Any, index: int, job_mode: str, base_dir: Path) -> Chann
         record_wrapper=_enum(doc, "RecordWrapperType", WRAPPERS, "None", where),
         content_type=content_type,
         shuffle_seed=_parse_shuffle(doc.get("ShuffleConfig"), where),
+        throttle_mbps=_parse_extensions(doc.get("SageMakerPipe"), where),
     )
 
 
@@ -245,6 +249,19 @@ def _parse_shuffle(doc: Any, where: str) -> int | None:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"{where}: ShuffleConfig.Seed must be an integer (got {seed!r})")
     return seed
+
+
+def _parse_extensions(doc: Any, where: str) -> float | None:
+    """`SageMakerPipe: {ThrottleMBps: N}`: what only a local run can do."""
+    if doc is None:
+        return None
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"{where}: SageMakerPipe must be a mapping")
+    _no_unknown(doc, EXTENSION_FIELDS, where, prefix="SageMakerPipe.")
+    rate = doc.get("ThrottleMBps")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0):
+        raise ConfigError(f"{where}: SageMakerPipe.ThrottleMBps must be a positive number (got {rate!r})")
+    return None if rate is None else float(rate)
 
 
 def _no_unknown(doc: Mapping[str, Any], known: set[str], where: str, prefix: str = "") -> None:

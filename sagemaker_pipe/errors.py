@@ -21,3 +21,7 @@ class DataError(PipeError):
     """An object could not be streamed mid-epoch: the epoch is cut short on purpose."""
 
     exit_status = 1
+
+
+class Stopped(Exception):
+    """Shutdown was requested while a worker waited; not an error."""

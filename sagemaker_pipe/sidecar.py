@@ -10,12 +10,13 @@ import signal
 import threading
 import time
 from pathlib import Path
+from statistics import median
 from types import FrameType
 
-from sagemaker_pipe.channel import ChannelWorker
+from sagemaker_pipe.channel import ChannelWorker, EpochStats
 from sagemaker_pipe.config import Job
-from sagemaker_pipe.errors import ConfigError, PipeError
-from sagemaker_pipe.fifo import FifoSet, Stopped, replace_stale
+from sagemaker_pipe.errors import ConfigError, PipeError, Stopped
+from sagemaker_pipe.fifo import FifoSet, replace_stale
 from sagemaker_pipe.layout import Layout, make_dirs, write_atomic
 from sagemaker_pipe.plan import ChannelPlan
 
@@ -42,6 +43,26 @@ def resource_config(job: Job) -> dict[str, object]:
     return {"current_host": job.current_host, "hosts": list(job.hosts), "network_interface_name": "eth0"}
 
 
+def summary(history: dict[str, list[EpochStats]]) -> list[str]:
+    """One line per channel at shutdown: epochs served and the median of each figure."""
+    lines = []
+    for name, epochs in history.items():
+        if not epochs:
+            lines.append(f"summary channel={name} epochs=0")
+            continue
+        middle = EpochStats(
+            name, len(epochs), round(median(e.objects for e in epochs)), round(median(e.bytes for e in epochs)),
+            median(e.seconds for e in epochs), median(e.blocked_s for e in epochs),
+            median(e.starved_s for e in epochs), all(e.complete for e in epochs),
+        )
+        lines.append(
+            f"summary channel={name} epochs={len(epochs)} median: bytes={middle.bytes} "
+            f"seconds={middle.seconds:.3f} MB/s={middle.mb_per_s:.1f} "
+            f"writer-blocked={middle.blocked_s:.3f}s reader-starved={middle.starved_s:.3f}s verdict={middle.verdict}"
+        )
+    return lines
+
+
 class Sidecar:
     """Owns the stop flag, the set of FIFOs made, and the worker threads."""
 
@@ -55,6 +76,7 @@ class Sidecar:
         self.stop = threading.Event()
         self.fifos = FifoSet()
         self.errors: list[BaseException] = []
+        self.history: dict[str, list[EpochStats]] = {p.channel.name: [] for p in plans}
 
     def _write_config(self, job: Job) -> None:
         """The three config files, each atomically, before any FIFO exists."""
@@ -87,6 +109,8 @@ class Sidecar:
             self.fifos.remove_all()
             if self.status_file is not None:
                 self.status_file.unlink(missing_ok=True)
+            for line in summary(self.history):
+                log.info(line)
         if self.errors:
             raise self.errors[0]
         return 0
@@ -120,7 +144,8 @@ class Sidecar:
 
     def _work(self, plan: ChannelPlan) -> None:
         try:
-            ChannelWorker(plan, self.layout, self.fifos, self.stop, self.epochs).run()
+            ChannelWorker(plan, self.layout, self.fifos, self.stop, self.epochs,
+                          on_epoch=self.history[plan.channel.name].append).run()
         except Stopped:
             pass
         except PipeError as e:

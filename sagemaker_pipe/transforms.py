@@ -8,11 +8,13 @@ breaks mid-object stops the job instead of yielding a short or shifted epoch.
 from __future__ import annotations
 
 import struct
+import threading
+import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
 
-from sagemaker_pipe.errors import DataError
+from sagemaker_pipe.errors import DataError, Stopped
 from sagemaker_pipe.sources import ObjectStream
 from sagemaker_pipe.sources.base import CHUNK, Chunk, FileSpan
 
@@ -118,3 +120,34 @@ def _checked(chunks: Iterator[Chunk], expected: int, name: str) -> Iterator[Chun
         yield c
     if total != expected:
         raise DataError(f"{name} ended after {total} of {expected} bytes (changed or cut while streaming)")
+
+
+class Throttle:
+    """Paces one epoch's bytes to `mbps` megabytes per second, to play a slow source (S3 from a small instance)."""
+
+    STEP = 256 << 10
+
+    def __init__(self, mbps: float, stop: threading.Event) -> None:
+        self.rate = mbps * 1e6
+        self.stop = stop
+        self.start = time.monotonic()
+        self.sent = 0
+
+    def apply(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+        for c in chunks:
+            for piece in _pieces(c, self.STEP):
+                self.sent += piece.length if isinstance(piece, FileSpan) else len(piece)
+                delay = self.start + self.sent / self.rate - time.monotonic()
+                if delay > 0 and self.stop.wait(delay):
+                    raise Stopped
+                yield piece
+
+
+def _pieces(c: Chunk, step: int) -> Iterator[Chunk]:
+    if isinstance(c, FileSpan):
+        for off in range(0, c.length, step):
+            yield FileSpan(c.fd, c.offset + off, min(step, c.length - off), c.name)
+    else:
+        view = memoryview(c)
+        for off in range(0, len(view), step):
+            yield view[off : off + step]
