@@ -38,7 +38,7 @@ COPY . /tmp/src
 # bit) so that a run-time uid other than UID can still create and replace
 # its FIFOs; the FIFOs themselves are made 0666 by sagemaker-pipe so that the
 # algorithm container reads them under any uid.
-RUN pip install --no-cache-dir /tmp/src \
+RUN pip install --no-cache-dir "/tmp/src[fast]" \
     && install -d -m 0755 /app /config \
     && install -m 0644 /tmp/src/entrypoint.py /app/entrypoint.py \
     && rm -rf /tmp/src \

@@ -7,6 +7,9 @@ breaks mid-object stops the job instead of yielding a short or shifted epoch.
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
 import struct
 import threading
 import time
@@ -17,6 +20,25 @@ from typing import Any
 from sagemaker_pipe.errors import DataError, Stopped
 from sagemaker_pipe.sources import ObjectStream
 from sagemaker_pipe.sources.base import CHUNK, Chunk, FileSpan
+
+log = logging.getLogger("sagemaker_pipe")
+
+
+@functools.cache
+def _inflater() -> Any:
+    """ISA-L's zlib-compatible inflater (about twice zlib's speed) when installed, else zlib.
+
+    `pip install sagemaker-pipe[fast]` brings it; SAGEMAKER_PIPE_GZIP=zlib forces the fallback.
+    """
+    if os.environ.get("SAGEMAKER_PIPE_GZIP", "").lower() != "zlib":
+        try:
+            from isal import isal_zlib
+
+            return isal_zlib
+        except ImportError:
+            log.info("isal is not installed: gunzipping with zlib (pip install isal for about 2x)")
+    return zlib
+
 
 RECORDIO_MAGIC = 0xCED7230A
 MAX_RECORD = (1 << 29) - 1  # the length field has 29 bits; longer payloads would need split records
@@ -82,6 +104,7 @@ def inflate(stream: ObjectStream) -> Iterator[bytes]:
     Like gzip(1), an empty object inflates to nothing and NUL padding after the last member is
     ignored; anything else that is not gzip stops the job naming the object.
     """
+    inflater = _inflater()  # chosen on first use, so its log line goes where the CLI sends logs
     name = stream.ref.uri
     d: Any = None
     buf = b""
@@ -94,10 +117,10 @@ def inflate(stream: ObjectStream) -> Iterator[bytes]:
             if d is not None and not buf.strip(b"\0"):
                 buf = b""
                 continue
-            d = zlib.decompressobj(zlib.MAX_WBITS | 16)
+            d = inflater.decompressobj(zlib.MAX_WBITS | 16)
         try:
             out = d.decompress(buf, CHUNK)
-        except zlib.error as e:
+        except inflater.error as e:
             raise DataError(f"{name} is not valid gzip data ({e})") from None
         buf = d.unused_data if d.eof else d.unconsumed_tail
         if out:
