@@ -9,11 +9,12 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
 from sagemaker_pipe import sources, transforms
-from sagemaker_pipe.fifo import FifoSet, FifoWriter, ReaderGone, open_writer
+from sagemaker_pipe.fifo import BATCH, FifoSet, FifoWriter, ReaderGone, open_writer
 from sagemaker_pipe.layout import Layout
 from sagemaker_pipe.plan import ChannelPlan, Unit
 from sagemaker_pipe.sources import ObjectRef, ObjectStream
 from sagemaker_pipe.sources.base import Chunk
+from sagemaker_pipe.sources.local import is_small, read_small
 
 log = logging.getLogger("sagemaker_pipe")
 MIN_WAIT_S = 0.005  # waits shorter than this, in all, say nothing about either side
@@ -113,7 +114,9 @@ class ChannelWorker:
         """Write the epoch's units; returns (units sent, whether the reader took them all)."""
         c = self.plan.channel
         units = self.plan.epoch(epoch)
-        streams = sources.stream([p for u in units for p in u.parts if isinstance(p, ObjectRef)])
+        inline = not c.gunzip  # small local files are read whole by _chunks, not opened as streams
+        refs = [p for u in units for p in u.parts if isinstance(p, ObjectRef) and not (inline and is_small(p))]
+        streams = sources.stream(refs)
         sent = [0]
         body = self._chunks(units, streams, epoch, sent)
         chunks = transforms.Throttle(c.throttle_mbps, self.stop).apply(body) if c.throttle_mbps else body
@@ -129,12 +132,27 @@ class ChannelWorker:
 
     def _chunks(self, units: list[Unit], streams: Iterator[ObjectStream], epoch: int,
                 sent: list[int]) -> Generator[Chunk, None, None]:
+        """The epoch's bytes; small pieces are gathered here, so the sink sees megabytes, not files."""
         c = self.plan.channel
+        inline_files = not c.gunzip
+        batch = bytearray()
         for unit in units:
             for part in unit.parts:
-                if isinstance(part, bytes):
-                    yield transforms.record(part, c.name) if c.recordio else part
+                if isinstance(part, bytes) or (inline_files and is_small(part)):
+                    data = part if isinstance(part, bytes) else read_small(part)
+                    if c.recordio:
+                        batch += transforms.recordio_header(len(data), c.name)
+                        batch += data
+                        batch += transforms.recordio_padding(len(data))
+                    else:
+                        batch += data
+                    if len(batch) >= BATCH:
+                        yield batch
+                        batch = bytearray()
                     continue
+                if batch:
+                    yield batch
+                    batch = bytearray()
                 stream = next(streams)
                 try:
                     yield from transforms.object_chunks(stream, c.gunzip, c.recordio)
@@ -142,3 +160,5 @@ class ChannelWorker:
                     stream.close()
                 log.debug("channel=%s epoch=%d object=%s bytes=%d", c.name, epoch, part.uri, stream.size)
             sent[0] += 1
+        if batch:
+            yield batch

@@ -10,12 +10,35 @@ from pathlib import Path
 from sagemaker_pipe.errors import ConfigError, DataError
 from sagemaker_pipe.sources.base import CHUNK, Chunk, FileSpan, ObjectRef
 
-SMALL = 64 << 10  # below this a read() into the sink's batch beats a splice
+SMALL = 64 << 10  # up to this, one read() into the sink's batch beats opening a stream and a splice
 
 
 def sort_key(key: str) -> bytes:
     """S3 lists keys in ascending UTF-8 byte order; undecodable names keep their bytes."""
     return key.encode("utf-8", "surrogateescape")
+
+
+def is_small(ref: ObjectRef) -> bool:
+    """Small local files are read whole (see read_small) instead of being opened as streams."""
+    return ref.size is not None and ref.size <= SMALL and not ref.uri.startswith("s3://")
+
+
+def read_small(ref: ObjectRef) -> bytes:
+    """A small file's bytes in one open-read-close: at 4 KiB a file, per-file overhead is the cost.
+
+    The length is what the file holds now, as for a stream's size taken at open.
+    """
+    try:
+        fd = os.open(ref.uri, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, SMALL + 1)
+            if len(data) > SMALL:  # it grew since it was listed: read the rest too
+                data += b"".join(iter(lambda: os.read(fd, CHUNK), b""))
+            return data
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise DataError(f"cannot read {ref.uri}: {e.strerror}") from None
 
 
 class LocalStream:
@@ -39,10 +62,7 @@ class LocalStream:
         return data
 
     def chunks(self) -> Iterator[Chunk]:
-        if self.size <= SMALL:
-            yield self.read(self.size)  # a short read is caught by the caller's length check
-        else:
-            yield FileSpan(self.fd, 0, self.size, self.ref.uri)
+        yield FileSpan(self.fd, 0, self.size, self.ref.uri)
 
     def reopen(self) -> LocalStream:
         return LocalStream(self.ref)
