@@ -135,11 +135,14 @@ class ChannelWorker:
         """The epoch's bytes; small pieces are gathered here, so the sink sees megabytes, not files."""
         c = self.plan.channel
         inline_files = not c.gunzip
+        debug = log.isEnabledFor(logging.DEBUG)
         batch = bytearray()
         for unit in units:
             for part in unit.parts:
                 if isinstance(part, bytes) or (inline_files and is_small(part)):
                     data = part if isinstance(part, bytes) else read_small(part)
+                    if debug and not isinstance(part, bytes):
+                        log.debug("channel=%s epoch=%d object=%s bytes=%d", c.name, epoch, part.uri, len(data))
                     if c.recordio:
                         batch += transforms.recordio_header(len(data), c.name)
                         batch += data
