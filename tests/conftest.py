@@ -22,8 +22,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pytest
 import yaml
@@ -282,7 +283,7 @@ class Consumer(Proc):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, capture_stdout_lines=True, **kwargs)
-        self.lines: "queue.Queue[dict]" = queue.Queue()
+        self.lines: queue.Queue[dict] = queue.Queue()
         self.seen: list[dict] = []
         self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
@@ -304,15 +305,23 @@ class Consumer(Proc):
         self.seen.append(line)
         return line
 
-    def results(self, timeout: float = 30.0) -> list[dict]:
-        """Wait for the consumer to finish and return its per-epoch records."""
-        rc = self.wait(timeout)
-        self._thread.join(timeout=5)
+    def _drain(self) -> None:
         while True:
             try:
                 self.seen.append(self.lines.get_nowait())
             except queue.Empty:
                 break
+
+    def results(self, timeout: float = 30.0) -> list[dict]:
+        """Wait for the consumer to finish and return its per-epoch records."""
+        try:
+            rc = self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._drain()
+            raise AssertionError(f"consumer {self.argv[2]} still running after {timeout} s; "
+                                 f"printed so far: {self.seen}; stderr: {self.stderr}") from None
+        self._thread.join(timeout=5)
+        self._drain()
         errors = [r for r in self.seen if "error" in r]
         assert not errors and rc == 0, f"consumer failed (rc={rc}): {errors}\nstderr:\n{self.stderr}"
         return [r for r in self.seen if "epoch" in r]
@@ -343,14 +352,28 @@ class ProcessRegistry:
             p.kill()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
 @pytest.fixture
-def procs(tmp_path: Path):
+def procs(request, tmp_path: Path):
     logdir = tmp_path / "_logs"
     logdir.mkdir()
     reg = ProcessRegistry(logdir)
     try:
         yield reg
     finally:
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            # Shown under "Captured stdout teardown": every process's state and stderr tail.
+            for p in reg.procs:
+                state = "running" if p.alive() else f"exit {p.popen.returncode}"
+                print(f"--- {p.stderr_path.name} ({state}): {' '.join(map(str, p.argv))}")
+                print(p.stderr[-3000:])
         reg.cleanup()
 
 
@@ -371,9 +394,11 @@ class Sidecar:
 
     def __call__(self, *args: str, env: dict | None = None, env_extra: dict | None = None,
                  cwd: os.PathLike | str | None = None, umask: int = -1, user: int | None = None,
-                 entrypoint: bool = False) -> Proc:
+                 entrypoint: bool = False, nofile: int | None = None) -> Proc:
         argv = [sys.executable, ENTRYPOINT] if entrypoint else [sys.executable, "-m", "sagemaker_pipe"]
         argv += [str(a) for a in args]
+        if nofile is not None:  # a low open-files limit: a descriptor leak fails fast
+            argv = ["sh", "-c", f'ulimit -n {int(nofile)} && exec "$@"', "sh", *argv]
         if env is None:
             env = base_env(**(env_extra or {}))
         return self.reg.start(argv, "sidecar", env=env, cwd=cwd or self.cwd, umask=umask, user=user)
@@ -471,18 +496,35 @@ def cat_hashes(proc: Proc, timeout: float = 30.0) -> list[str]:
     return [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
 
 
-def wait_stale_replaced(paths: Iterable[Path], timeout: float = 10.0) -> None:
+def wait_stale_replaced(paths: Iterable[Path], must_exist: Iterable[Path] = (), timeout: float = 10.0) -> None:
     """Wait until every stale path (all made with permissions other than 0666 by the test) is gone
-    or is a fresh 0666 FIFO: a consumer that opened a stale FIFO before the sidecar replaced it
-    would block forever on the old inode (a race of the test, not of the sidecar)."""
+    or is a fresh 0666 FIFO, and each of ``must_exist`` (the first FIFOs) is a fresh FIFO: a
+    consumer that opened a stale FIFO before the sidecar replaced it would block forever on the
+    old inode (a race of the test, not of the sidecar)."""
+    required = set(must_exist)
 
     def fresh(p: Path) -> bool:
         try:
             st = os.lstat(p)
         except FileNotFoundError:
-            return True
+            return p not in required
         return stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o666
 
-    paths = list(paths)
+    paths = list(paths) + sorted(required)
     wait_until(lambda: all(fresh(p) for p in paths), timeout,
                f"stale files replaced or removed: {[p.name for p in paths if not fresh(p)]}")
+
+
+@pytest.fixture
+def world_dir():
+    """A scratch folder outside pytest's 0700 tmp tree that any uid can traverse (for tests that
+    read FIFOs as another user). Removed at teardown."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="sagemaker-pipe-test-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -24,6 +24,9 @@ Modes (the last one given repeats for the remaining epochs):
                    reading until killed (or --timeout)
     gate:K         read K bytes, print {"event": "gated", ...}, wait (bounded by --wait) for the
                    file given by --gate to exist, then read on to EOF
+    mlio           like ml-io's SageMakerPipe: no waiting for the path; open it O_NONBLOCK, up to
+                   3 tries 1 s apart; select() until data (or EOF) is there; read, select()ing on
+                   EAGAIN. The record gets "open_attempts".
 
 Errors (path never appeared) print {"epoch": n, "error": ...} and exit 3. A global watchdog
 (--timeout, default 50 s) exits 4 so that a consumer can never hang a test run.
@@ -60,13 +63,67 @@ def wait_for(path: str, timeout: float) -> bool:
 
 def parse_mode(text: str) -> tuple[str, list[float]]:
     name, *args = text.split(":")
-    if name not in ("full", "partial", "openclose", "slow", "stall", "gate"):
+    if name not in ("full", "partial", "openclose", "slow", "stall", "gate", "mlio"):
         raise SystemExit(f"unknown mode {text!r}")
     return name, [float(a) for a in args]
 
 
+def consume_mlio(path: str, next_path: str, out: str | None, timeout: float = 20.0) -> dict:
+    import errno
+    import select
+
+    fd = -1
+    attempts = 0
+    while fd < 0:
+        attempts += 1
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if attempts == 3:
+                raise SystemExit(f"{path}: cannot be opened after 3 tries") from None
+            time.sleep(1)
+    st = os.fstat(fd)
+    result: dict = {"is_fifo": stat.S_ISFIFO(st.st_mode), "perm": oct(stat.S_IMODE(st.st_mode)),
+                    "open_attempts": attempts, "eof": False, "next_exists_at_eof": None}
+    digest = hashlib.sha256()
+    total = 0
+    sink = open(out, "wb") if out else None
+
+    def wait_for_data() -> None:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            raise SystemExit(f"{path}: no data within {timeout} s")
+
+    try:
+        wait_for_data()  # so that the first read cannot mistake "no writer yet" for EOF
+        while True:
+            try:
+                chunk = os.read(fd, CHUNK)
+            except OSError as e:
+                if e.errno != errno.EAGAIN:
+                    raise
+                wait_for_data()
+                continue
+            if not chunk:
+                result["eof"] = True
+                result["next_exists_at_eof"] = os.path.lexists(next_path)
+                break
+            digest.update(chunk)
+            total += len(chunk)
+            if sink:
+                sink.write(chunk)
+    finally:
+        os.close(fd)
+        if sink:
+            sink.close()
+    result.update(bytes=total, sha256=digest.hexdigest())
+    return result
+
+
 def consume(path: str, next_path: str, mode: str, args: list[float], out: str | None,
             stall_seconds: float, gate: str | None = None, gate_wait: float = 15.0) -> dict:
+    if mode == "mlio":
+        return consume_mlio(path, next_path, out)
     st = os.stat(path)
     result: dict = {
         "is_fifo": stat.S_ISFIFO(st.st_mode),
@@ -159,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         n = a.start + i
         mode, args = modes[min(i, len(modes) - 1)]
         path = a.pattern.format(n=n)
-        if not wait_for(path, a.wait):
+        if mode != "mlio" and not wait_for(path, a.wait):
             emit({"epoch": n, "error": f"{path} did not appear within {a.wait} s"})
             return 3
         out = os.path.join(a.out, f"epoch_{n}.bin") if a.out else None

@@ -14,14 +14,24 @@ import os
 import random
 import re
 import struct
-import sys
 from pathlib import Path
 
 import pytest
-
 import recordio
-from conftest import (assert_epochs, cat_hashes, channel, expected_stream, fifo, list_objects,
-                      object_payloads, pattern, sha, wait_for_path, write_channel_file, write_tree)
+from conftest import (
+    assert_epochs,
+    assert_nothing_written,
+    cat_hashes,
+    channel,
+    error_line,
+    expected_stream,
+    list_objects,
+    object_payloads,
+    pattern,
+    sha,
+    write_channel_file,
+    write_tree,
+)
 
 EPOCHS = 3
 
@@ -72,7 +82,9 @@ def test_three_channels_relative_absolute_and_file_uri(tmp_path, ml_root, sideca
                     InstanceGroupNames=["group-a"]),
         ],
     })
-    # cwd is not the channel file's directory: "data/train" must resolve against the file.
+    # cwd is not the channel file's directory: "data/train" must resolve against the file, not
+    # against the cwd, where a decoy with other bytes sits.
+    write_tree(tmp_path / "elsewhere" / "data" / "train", {"decoy": b"wrong tree\n"})
     side = sidecar.serve(cfg, ml_root, cwd=tmp_path / "elsewhere")
     c_train = consumer(pattern(ml_root, "train"), EPOCHS)
     c_valid = consumer(pattern(ml_root, "valid"), EPOCHS, out=tmp_path / "valid_out")
@@ -153,6 +165,7 @@ def test_symlinks_hidden_files_and_deep_nesting(tmp_path, ml_root, sidecar, cons
     })
     os.symlink(outside / "target.bin", src / "link-to-outside")
     os.symlink("m", src / "n-link-to-m")
+    os.mkfifo(src / "zz-a-fifo")  # not a regular file: not an object (and must never be opened)
     assert [r.decode() for r, _ in list_objects(src)] == [
         ".dotdir/inner", ".hidden", "deep/a/b/c/d/e/f/leaf", "empty", "link-to-outside", "m", "n-link-to-m"]
 
@@ -169,11 +182,37 @@ def test_symlinks_hidden_files_and_deep_nesting(tmp_path, ml_root, sidecar, cons
     finish(side)
 
 
+def test_file_names_that_are_not_utf8(tmp_path, ml_root, sidecar, consumer, cat_reader):
+    """Linux file names are bytes: a name that is not valid UTF-8 is still a regular file, sorted
+    by its bytes (0xff after every UTF-8 lead byte); -d must be able to log it."""
+    src = write_tree(tmp_path / "bytesnames", {"a.txt": b"a", "z.txt": b"z", "\u00e9.txt": b"e-acute"})
+    for raw, data in ((b"\xff\xfe-raw.bin", b"raw ff"), (b"latin1-\xe9.bin", b"raw e9")):
+        fd = os.open(os.fsencode(src) + b"/" + raw, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+    keys = [rel for rel, _ in list_objects(src)]
+    assert keys == [b"a.txt", b"latin1-\xe9.bin", b"z.txt", "\u00e9.txt".encode(), b"\xff\xfe-raw.bin"]
+    cfg = write_channel_file(tmp_path / "ch.yaml", [channel("raw", src),
+                                                    channel("rawrec", src, RecordWrapperType="RecordIO")])
+    side = sidecar.serve(cfg, ml_root, "-d")
+    c = consumer(pattern(ml_root, "raw"), EPOCHS)
+    cat = cat_reader(ml_root / "input" / "data" / "rawrec", EPOCHS)
+    assert_epochs(c.results(), expected_stream(src), range(EPOCHS))
+    assert cat_hashes(cat) == [sha(expected_stream(src, record_io=True))] * EPOCHS
+    finish(side)
+
+
 # ------------------------------------------------------------------------------------------
 # gzip
 # ------------------------------------------------------------------------------------------
 
-def test_gzip_each_object_including_multi_member(tmp_path, ml_root, sidecar, consumer, cat_reader):
+# The package may gunzip with ISA-L when installed; SAGEMAKER_PIPE_GZIP=zlib forces its zlib path.
+# Both must behave the same (the variable is harmless to a package that does not know it).
+INFLATERS = pytest.mark.parametrize("inflater", [{}, {"SAGEMAKER_PIPE_GZIP": "zlib"}], ids=["default", "zlib"])
+
+
+@INFLATERS
+def test_gzip_each_object_including_multi_member(inflater, tmp_path, ml_root, sidecar, consumer, cat_reader):
     big = (b"the quick brown fox " * 20000) + rng_bytes(5, 100_000)
     src = write_tree(tmp_path / "gz", {
         "a.gz": gz(b"alpha\n"),
@@ -188,7 +227,7 @@ def test_gzip_each_object_including_multi_member(tmp_path, ml_root, sidecar, con
         channel("gzrec", src, CompressionType="Gzip", RecordWrapperType="RecordIO"),
         channel("raw", src),  # the compressed bytes as they are
     ]})
-    side = sidecar.serve(cfg, ml_root)
+    side = sidecar.serve(cfg, ml_root, env_extra=inflater)
     c_gz = consumer(pattern(ml_root, "gz"), EPOCHS)
     c_rec = consumer(pattern(ml_root, "gzrec"), EPOCHS, out=tmp_path / "rec_out")
     cat_raw = cat_reader(ml_root / "input" / "data" / "raw", EPOCHS)
@@ -265,19 +304,65 @@ def test_multi_megabyte_channels_with_slow_and_fast_readers(tmp_path, ml_root, s
     finish(side)
 
 
+def test_thousands_of_objects_under_a_low_open_files_limit(tmp_path, ml_root, sidecar, consumer, cat_reader):
+    """1500 objects per channel and epoch with at most 128 open descriptors: every object's file
+    must be closed once streamed (a leak fails within the first epoch)."""
+    plain = write_tree(tmp_path / "many", {f"d{i % 7}/f{i:05d}": f"{i}\n".encode() for i in range(1500)})
+    zipped = write_tree(tmp_path / "manyz", {f"z{i:05d}.gz": gz(f"z{i}".encode()) for i in range(1500)})
+    cfg = write_channel_file(tmp_path / "ch.yaml", [
+        channel("many", plain), channel("manyz", zipped, CompressionType="Gzip", RecordWrapperType="RecordIO")])
+    side = sidecar.serve(cfg, ml_root, nofile=128)
+    c = consumer(pattern(ml_root, "many"), EPOCHS)
+    cat = cat_reader(ml_root / "input" / "data" / "manyz", EPOCHS)
+    assert_epochs(c.results(), expected_stream(plain), range(EPOCHS))
+    assert cat_hashes(cat) == [sha(expected_stream(zipped, gunzip=True, record_io=True))] * EPOCHS
+    finish(side)
+
+
 # ------------------------------------------------------------------------------------------
 # input document forms
 # ------------------------------------------------------------------------------------------
 
-def test_bare_channel_list_json(tmp_path, ml_root, sidecar, consumer, cat_reader):
-    s1 = write_tree(tmp_path / "s1", {"x": b"x" * 10, "y": b"y" * 20})
+def test_bare_channel_list_json_relative_config_path(tmp_path, ml_root, sidecar, consumer, cat_reader):
+    s1 = write_tree(tmp_path / "conf" / "s1", {"x": b"x" * 10, "y": b"y" * 20})
     s2 = write_tree(tmp_path / "s2", {"q": b"q" * 3})
-    cfg = write_channel_file(tmp_path / "channels.json", [channel("c1", s1), channel("c2", s2)], fmt="json")
-    side = sidecar.serve(cfg, ml_root)
+    write_tree(tmp_path / "s1", {"decoy": b"decoy: relative to the cwd, not to the file"})
+    write_channel_file(tmp_path / "conf" / "channels.json", [channel("c1", "s1"), channel("c2", s2)], fmt="json")
+    # --config given relative to the cwd; the channel's S3Uri relative to the file's folder
+    side = sidecar("--config", "conf/channels.json", "--ml-root", str(ml_root), cwd=tmp_path)
     c1 = consumer(pattern(ml_root, "c1"), EPOCHS)
     cat2 = cat_reader(ml_root / "input" / "data" / "c2", EPOCHS)
     assert_epochs(c1.results(), expected_stream(s1), range(EPOCHS))
     assert cat_hashes(cat2) == [sha(expected_stream(s2))] * EPOCHS
+    finish(side)
+
+
+def test_yaml_anchors_and_merge_keys(tmp_path, ml_root, sidecar, consumer, cat_reader):
+    s1 = write_tree(tmp_path / "s1", {"a.gz": gz(b"one\n" * 10)})
+    s2 = write_tree(tmp_path / "s2", {"b.gz": gz(b"two\n" * 20), "c.gz": gz(b"three")})
+    text = f"""
+defaults: &defaults
+  CompressionType: Gzip
+  RecordWrapperType: RecordIO
+  InputMode: Pipe
+InputDataConfig:
+  - <<: *defaults
+    ChannelName: first
+    DataSource: {{S3DataSource: {{S3Uri: "{s1}", S3DataType: S3Prefix}}}}
+  - <<: *defaults
+    ChannelName: second
+    DataSource:
+      S3DataSource:
+        S3Uri: "{s2.as_uri()}"
+"""
+    # "defaults" is an extra top-level key of the job document, like describe-training-job's
+    cfg = tmp_path / "anchors.yaml"
+    cfg.write_text(text)
+    side = sidecar.serve(cfg, ml_root)
+    c1 = consumer(pattern(ml_root, "first"), EPOCHS)
+    cat2 = cat_reader(ml_root / "input" / "data" / "second", EPOCHS)
+    assert_epochs(c1.results(), expected_stream(s1, gunzip=True, record_io=True), range(EPOCHS))
+    assert cat_hashes(cat2) == [sha(expected_stream(s2, gunzip=True, record_io=True))] * EPOCHS
     finish(side)
 
 
@@ -418,6 +503,35 @@ def test_sharded_by_s3_key_splits_objects_between_hosts(tmp_path, sidecar, consu
     assert a | b == set(files), f"objects streamed by no host: {sorted(set(files) - (a | b))}"
 
 
+def test_sharding_with_shuffle_still_partitions_every_epoch(tmp_path, sidecar, consumer, cat_reader):
+    """Both hosts shuffle from the same seed, so each epoch's shards are disjoint and complete."""
+    files = {f"s{i:02d}": f"sharded object {i}\n".encode() for i in range(16)}
+    src = write_tree(tmp_path / "shard", files)
+    rep = write_tree(tmp_path / "rep", {"r": b"r"})
+    by_payload = {v: k for k, v in files.items()}
+    orders = {}
+    for host in ("algo-1", "algo-2"):
+        ml = tmp_path / f"ml-{host}"
+        cfg = write_channel_file(tmp_path / f"{host}.yaml", {
+            "ResourceConfig": {"CurrentHost": host, "Hosts": ["algo-1", "algo-2"]},
+            "InputDataConfig": [
+                channel("shard", src, RecordWrapperType="RecordIO", ShuffleConfig={"Seed": 11},
+                        s3_S3DataDistributionType="ShardedByS3Key"),
+                channel("rep", rep)]})
+        side = sidecar.serve(cfg, ml, epochs=EPOCHS)
+        c = consumer(pattern(ml, "shard"), EPOCHS, out=tmp_path / f"out-{host}")
+        cat = cat_reader(ml / "input" / "data" / "rep", EPOCHS)
+        orders[host] = _record_orders(c.results(), by_payload)
+        assert cat_hashes(cat) == [sha(b"r")] * EPOCHS
+        assert side.wait(10) == 0, side.stderr
+    for n in range(EPOCHS):
+        a, b = orders["algo-1"][n], orders["algo-2"][n]
+        assert a and b, f"epoch {n}: a host got nothing"
+        assert len(set(a)) == len(a) and len(set(b)) == len(b), f"epoch {n}: an object repeated"
+        assert not set(a) & set(b), f"epoch {n}: both hosts streamed {sorted(set(a) & set(b))}"
+        assert set(a) | set(b) == set(files), f"epoch {n}: nobody streamed {sorted(set(files) - set(a) - set(b))}"
+
+
 # ------------------------------------------------------------------------------------------
 # the log
 # ------------------------------------------------------------------------------------------
@@ -464,8 +578,9 @@ def test_debug_flag_logs_each_object(tmp_path, ml_root, sidecar, consumer, cat_r
 # data errors found mid-epoch
 # ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["not_gzip", "truncated", "bad_crc"])
-def test_bad_gzip_object_mid_epoch_stops_with_error(kind, tmp_path, ml_root, sidecar, consumer):
+@INFLATERS
+@pytest.mark.parametrize("kind", ["not_gzip", "truncated", "bad_crc", "trailing_garbage"])
+def test_bad_gzip_object_mid_epoch_stops_with_error(kind, inflater, tmp_path, ml_root, sidecar, consumer):
     a = rng_bytes(11, 50_000)
     b_plain = rng_bytes(12, 200_000)
     c = b"c" * 1000
@@ -474,31 +589,34 @@ def test_bad_gzip_object_mid_epoch_stops_with_error(kind, tmp_path, ml_root, sid
     elif kind == "truncated":
         whole = gz(b_plain)
         b = whole[: len(whole) // 2]
-    else:
+    elif kind == "bad_crc":
         whole = bytearray(gz(b_plain))
         whole[-8] ^= 0xFF  # CRC32 of the trailer
         b = bytes(whole)
+    else:  # a whole member, then bytes that are not a gzip member (gzip -d: "trailing garbage")
+        b = gz(b_plain) + b"this is not gzip" * 10
     src = write_tree(tmp_path / "gz", {"a.gz": gz(a), "b.gz": b, "c.gz": gz(c)})
     other = write_tree(tmp_path / "other", {"o": b"o"})
     cfg = write_channel_file(tmp_path / "ch.yaml", [
         channel("train", src, CompressionType="Gzip"), channel("other", other)])
-    side = sidecar.serve(cfg, ml_root)
-    reader = consumer(pattern(ml_root, "train"), 1)
+    side = sidecar.serve(cfg, ml_root, env_extra=inflater)
+    reader = consumer(pattern(ml_root, "train"), 1, out=tmp_path / "out")
     rc = side.wait(20)
     got = reader.results()[0]
     assert rc == 1, f"expected exit status 1 after a bad gzip object, got {rc}:\n{side.stderr}"
     full = a + b_plain + c
-    assert got["sha256"] != sha(full) and got["bytes"] < len(a) + len(b_plain), (
-        "the reader saw a complete-looking epoch despite the bad object")
-    if kind == "not_gzip":
-        # nothing of b (or c) may reach the reader
-        assert got["bytes"] <= len(a)
+    assert got["sha256"] != sha(full), "the reader saw a complete epoch despite the bad object"
+    # Nothing of c may follow the bad object; of b, only what was really there.
+    limit = {"not_gzip": len(a), "truncated": len(a) + len(b_plain) - 1}.get(kind, len(a) + len(b_plain))
+    assert got["bytes"] <= limit, f"read {got['bytes']} bytes, more than the {limit} before the error"
+    assert (a + b_plain).startswith(Path(got["out"]).read_bytes()), "the reader got bytes that are not the data"
     assert "Traceback" not in side.stderr, side.stderr
     err = [line for line in side.stderr.splitlines() if "b.gz" in line]
     assert err, f"no line names the bad object b.gz:\n{side.stderr}"
 
 
-@pytest.mark.parametrize("kind", ["removed", "replaced_by_directory", "permission_denied"])
+@pytest.mark.parametrize("kind", ["removed", "replaced_by_directory", "permission_denied",
+                                  "truncated_while_streaming"])
 def test_object_unreadable_mid_epoch_stops_with_error(kind, tmp_path, ml_root, sidecar, consumer):
     if kind == "permission_denied" and os.geteuid() == 0:
         pytest.skip("root reads any file: chmod 000 does not make a file unreadable")
@@ -513,7 +631,10 @@ def test_object_unreadable_mid_epoch_stops_with_error(kind, tmp_path, ml_root, s
     assert ev.get("event") == "gated", ev
     # The epoch has started (listing done, writer blocked in a-big): now break z-last.
     target = src / "z-last"
-    if kind == "removed":
+    if kind == "truncated_while_streaming":
+        target = src / "a-big"
+        os.truncate(target, 1 << 20)
+    elif kind == "removed":
         target.unlink()
     elif kind == "replaced_by_directory":
         target.unlink()
@@ -526,5 +647,60 @@ def test_object_unreadable_mid_epoch_stops_with_error(kind, tmp_path, ml_root, s
     assert rc == 1, f"expected exit status 1, got {rc}:\n{side.stderr}"
     assert got["bytes"] < len(big) + 10 + 100, "the reader saw a complete-looking epoch"
     assert "Traceback" not in side.stderr, side.stderr
-    assert any("z-last" in line for line in side.stderr.splitlines()), (
-        f"no line names the unreadable object z-last:\n{side.stderr}")
+    assert any(target.name in line for line in side.stderr.splitlines()), (
+        f"no line names the unreadable object {target.name}:\n{side.stderr}")
+
+
+# ------------------------------------------------------------------------------------------
+# large payloads
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_gunzip_recordio_payload_larger_than_64_mib(tmp_path, ml_root, sidecar, consumer):
+    """A decompressed payload of 65 MiB + 3 bytes: the length must be known before the header."""
+    payload_len = (65 << 20) + 3
+    unit = b"0123456789abcdef" * 4096  # 64 KiB
+    payload = unit * (payload_len // len(unit)) + unit[: payload_len % len(unit)]
+    assert len(payload) == payload_len
+    src = write_tree(tmp_path / "big", {"a.gz": gz(b"small"), "b.gz": gz(payload, level=1), "c.gz": gz(b"")})
+    small = write_tree(tmp_path / "small", {"s": b"s"})
+    cfg = write_channel_file(tmp_path / "ch.yaml", [
+        channel("big", src, CompressionType="Gzip", RecordWrapperType="RecordIO"), channel("small", small)])
+    side = sidecar.serve(cfg, ml_root)
+    c = consumer(pattern(ml_root, "big"), EPOCHS)
+    c_small = consumer(pattern(ml_root, "small"), EPOCHS)
+    expected = recordio.encode(b"small") + recordio.encode(payload) + recordio.encode(b"")
+    assert_epochs(c.results(timeout=45), expected, range(EPOCHS))
+    assert_epochs(c_small.results(), b"s", range(EPOCHS))
+    finish(side)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gunzip", [False, True], ids=["plain", "gzip"])
+def test_recordio_payload_of_2_pow_29_bytes_is_an_error_naming_it(gunzip, tmp_path, ml_root, sidecar, consumer):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a-small").write_bytes(gz(b"a") if gunzip else b"a")
+    if gunzip:
+        member = gzip.compress(b"\0" * (1 << 20))
+        (src / "b-huge").write_bytes(member * 512)  # 512 members of 1 MiB: 2^29 bytes inflated
+    else:
+        with open(src / "b-huge", "wb") as f:
+            f.truncate(1 << 29)  # sparse: no disk space used
+    (src / "c-small").write_bytes(gz(b"c") if gunzip else b"c")
+    fields = {"CompressionType": "Gzip"} if gunzip else {}
+    cfg = write_channel_file(tmp_path / "ch.yaml", [
+        channel("train", src, RecordWrapperType="RecordIO", **fields), channel("other", tmp_path / "o")])
+    write_tree(tmp_path / "o", {"o": b"o"})
+    side = sidecar.serve(cfg, ml_root, epochs=1)
+    reader = consumer(pattern(ml_root, "train"), 1, wait=20)
+    rc = side.wait(40)
+    assert rc in (1, 2), f"a 2^29-byte RecordIO payload was not refused (exit {rc}):\n{side.stderr[-2000:]}"
+    assert "Traceback" not in side.stderr
+    assert any("b-huge" in line for line in side.stderr.splitlines()), side.stderr
+    if rc == 2:  # refused up front: the config-error contract applies
+        error_line(side.stderr)
+        assert_nothing_written(ml_root)
+    else:
+        got = reader.results()[0]
+        assert got["bytes"] <= len(recordio.encode(b"a")), "bytes of the oversized record reached the reader"

@@ -10,10 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
-
 import recordio
-from conftest import (cat_hashes, error_line, expected_stream, is_fifo, object_payloads, sha,
-                      wait_for_path, wait_stale_replaced, write_tree)
+from conftest import (
+    cat_hashes,
+    error_line,
+    expected_stream,
+    object_payloads,
+    sha,
+    wait_for_path,
+    wait_stale_replaced,
+    write_tree,
+)
 
 EPOCHS = 3
 
@@ -59,6 +66,19 @@ def test_legacy_plain_two_processes_into_one_dest(tmp_path, sidecar, consumer, c
     no_config_written(tmp_path, sidecar)
 
 
+def test_legacy_relative_paths_resolve_against_the_cwd(tmp_path, sidecar, consumer, cat_reader):
+    a, b = legacy_sources(tmp_path)
+    p1 = sidecar("train", "src-a", "dest", cwd=tmp_path)
+    p2 = sidecar("-x", "gz", "./src-b", "dest", cwd=tmp_path)
+    wait_for_path(tmp_path / "dest" / "train_0")
+    c = consumer(str(tmp_path / "dest" / "train_{n}"), EPOCHS)
+    cat = cat_reader(tmp_path / "dest" / "gz", EPOCHS)
+    assert [r["sha256"] for r in c.results()] == [sha(expected_stream(a))] * EPOCHS
+    assert cat_hashes(cat) == [sha(expected_stream(b, gunzip=True))] * EPOCHS
+    assert p1.alive() and p2.alive(), p1.stderr + p2.stderr
+    assert_only_fifos_of(tmp_path / "dest", ["train", "gz"])
+
+
 @pytest.mark.parametrize("flags", [["-x"], ["-r"], ["-x", "-r"], ["-d", "-x", "-r"]],
                          ids=["gunzip", "recordio", "gunzip+recordio", "debug+gunzip+recordio"])
 def test_legacy_gunzip_and_recordio_flags(flags, tmp_path, sidecar, consumer, cat_reader):
@@ -93,7 +113,7 @@ def test_legacy_epochs_limit_and_stale_fifo(tmp_path, sidecar, consumer):
     os.chmod(dest / "train_0", 0o600)
     os.chmod(dest / "train_1", 0o600)
     p = sidecar("--epochs", "2", "train", str(a), str(dest))
-    wait_stale_replaced([dest / "train_0", dest / "train_1"])
+    wait_stale_replaced([dest / "train_0", dest / "train_1"], must_exist=[dest / "train_0"])
     c = consumer(str(dest / "train_{n}"), 2)
     res = c.results()
     assert [r["sha256"] for r in res] == [sha(expected_stream(a))] * 2

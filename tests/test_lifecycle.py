@@ -13,10 +13,22 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import (assert_epochs, base_env, cat_hashes, channel, expected_stream, fifo, is_fifo,
-                      pattern, sha, wait_for_path, wait_gone, wait_stale_replaced, write_channel_file,
-                      write_tree)
+from conftest import (
+    assert_epochs,
+    base_env,
+    cat_hashes,
+    channel,
+    expected_stream,
+    fifo,
+    is_fifo,
+    pattern,
+    sha,
+    wait_for_path,
+    wait_gone,
+    wait_stale_replaced,
+    write_channel_file,
+    write_tree,
+)
 
 FIFO_NAME = re.compile(r"^(?P<ch>[A-Za-z0-9.\-_]+)_(?P<n>\d+)$")
 
@@ -112,6 +124,23 @@ def test_absent_reader_does_not_delay_other_channel(tmp_path, ml_root, sidecar, 
     assert side.alive(), side.stderr
 
 
+def test_stalled_reader_does_not_stall_other_channel(tmp_path, ml_root, sidecar, consumer):
+    big = write_tree(tmp_path / "big", {"huge": os.urandom(6 << 20)})
+    cfg, a, b = two_channel_job(tmp_path)
+    cfg = write_channel_file(tmp_path / "three.yaml", [channel("big", big), channel("alpha", a),
+                                                       channel("beta", b)])
+    side = sidecar.serve(cfg, ml_root)
+    stalled = consumer(pattern(ml_root, "big"), 1, modes="stall:1000")
+    ev = stalled.next_line()
+    assert ev.get("event") == "stalled", ev
+    time.sleep(0.2)  # the writer of "big" is now blocked on a full pipe
+    ca = consumer(pattern(ml_root, "alpha"), 3)
+    cb = consumer(pattern(ml_root, "beta"), 3, modes="slow:4096:0")
+    assert_epochs(ca.results(), expected_stream(a), range(3))
+    assert_epochs(cb.results(), expected_stream(b), range(3))
+    assert side.alive(), side.stderr
+
+
 def test_twenty_channels_served_concurrently(tmp_path, ml_root, sidecar, cat_reader):
     srcs = {}
     chans = []
@@ -142,6 +171,22 @@ def test_next_fifo_exists_at_eof_and_finished_fifos_are_removed(tmp_path, ml_roo
         for n in range(4):
             wait_gone(fifo(ml_root, ch, n))
         assert is_fifo(fifo(ml_root, ch, 4))
+    assert side.alive(), side.stderr
+
+
+def test_mlio_style_nonblocking_readers(tmp_path, ml_root, sidecar, consumer):
+    """ml-io opens each FIFO O_NONBLOCK with only 3 tries 1 s apart and select()s for data: the
+    next FIFO must be there at once, and a non-blocking reader must get the whole epoch."""
+    cfg, a, b = two_channel_job(tmp_path)
+    side = sidecar.serve(cfg, ml_root)
+    wait_for_path(fifo(ml_root, "alpha", 0))
+    wait_for_path(fifo(ml_root, "beta", 0))
+    ca = consumer(pattern(ml_root, "alpha"), 4, modes="mlio")
+    cb = consumer(pattern(ml_root, "beta"), 4, modes="mlio")
+    for c, src in ((ca, a), (cb, b)):
+        res = c.results()
+        assert_epochs(res, expected_stream(src), range(4))
+        assert [r["open_attempts"] for r in res] == [1] * 4, res
     assert side.alive(), side.stderr
 
 
@@ -202,7 +247,7 @@ def test_stale_fifos_and_regular_files_are_replaced(tmp_path, ml_root, sidecar, 
     (data / "unrelated.txt").write_bytes(b"not ours")
 
     side = sidecar.serve(cfg, ml_root)
-    wait_stale_replaced(data / name for name in stale)
+    wait_stale_replaced([data / name for name in stale], must_exist=[data / "alpha_0", data / "beta_0"])
     assert is_fifo(data / "alpha_0") and is_fifo(data / "beta_0")
     ca = consumer(pattern(ml_root, "alpha"), 3)
     cb = consumer(pattern(ml_root, "beta"), 3)
@@ -227,7 +272,7 @@ def assert_clean_exit(side, sig: int, data: Path, channels: list[str]) -> None:
     try:
         rc = side.popen.wait(timeout=10)
     except Exception:
-        raise AssertionError(f"no exit within 10 s after {signal.Signals(sig).name}:\n{side.stderr}")
+        raise AssertionError(f"no exit within 10 s after {signal.Signals(sig).name}:\n{side.stderr}") from None
     dt = time.monotonic() - t0
     assert rc == 0, f"exit status {rc} after {signal.Signals(sig).name}:\n{side.stderr}"
     assert dt <= 2.0, f"exit took {dt:.2f} s after {signal.Signals(sig).name}"
@@ -442,6 +487,38 @@ def test_fifos_are_0666_under_umask_077(tmp_path, ml_root, sidecar, consumer):
     assert_epochs(res, expected_stream(a), range(3))
     assert [r["perm"] for r in res] == ["0o666"] * 3
     assert stat.S_IMODE(os.lstat(fifo(ml_root, "alpha", 3)).st_mode) == 0o666
+    assert side.alive(), side.stderr
+
+
+@pytest.mark.parametrize("dirs", ["made-by-test", "made-by-sidecar"])
+def test_another_uid_can_read_the_fifos_under_umask_077(dirs, world_dir, procs, sidecar):
+    """The algorithm may run under any uid: `cat` as nobody reads every epoch. With
+    "made-by-sidecar" the sidecar (umask 077) also creates <ml-root>/input/data itself."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the reader as another uid")
+    src = write_tree(world_dir / "src", {"a": b"readable by anyone\n" * 100})
+    other = write_tree(world_dir / "other", {"o": b"o"})
+    for p in [world_dir / "src", world_dir / "other", *(world_dir / "src").iterdir(), world_dir / "other" / "o"]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    ml = world_dir / "ml"
+    if dirs == "made-by-test":
+        (ml / "input" / "data").mkdir(parents=True)
+        for p in (ml, ml / "input", ml / "input" / "data"):
+            os.chmod(p, 0o755)
+    cfg = write_channel_file(world_dir / "ch.yaml", [channel("train", src), channel("other", other)])
+    side = sidecar.serve(cfg, ml, umask=0o077)
+    wait_for_path(fifo(ml, "train", 0))
+    script = (f'for n in 0 1 2; do i=0; while [ ! -p "{ml}/input/data/train_$n" ]; do i=$((i+1)); '
+              f'[ $i -gt 300 ] && exit 3; sleep 0.01; done; cat "{ml}/input/data/train_$n" | sha256sum; done')
+    reader = procs.start(["sh", "-c", script], "nobody-cat", env=base_env(), cwd=world_dir, user=65534)
+    rc = reader.wait(20)
+    modes = {str(p.relative_to(world_dir)): oct(stat.S_IMODE(os.stat(p).st_mode))
+             for p in (ml, ml / "input", ml / "input" / "data")}
+    assert rc == 0, f"uid 65534 could not read the FIFOs (rc={rc}); folder modes {modes}; {reader.stderr}"
+    assert [line.split()[0] for line in reader.stdout.splitlines()] == [sha(expected_stream(src))] * 3
+    for name in ("inputdataconfig.json", "resourceconfig.json", "hyperparameters.json"):
+        mode = stat.S_IMODE(os.stat(ml / "input" / "config" / name).st_mode)
+        assert mode & 0o444 == 0o444, f"{name} is not readable by other uids ({oct(mode)})"
     assert side.alive(), side.stderr
 
 
