@@ -4,6 +4,11 @@
 Standard library only, so it runs in any Python image. For each channel and epoch it prints
 `channel=<name> epoch=<n> bytes=<b> records=<r> sha256=<hex>` (records only for RecordIO
 channels) and exits 0; it exits 1 if its config file or a FIFO does not appear within WAIT_S seconds.
+
+With SHOW_RECORDS=1 it also says which host it is (`host=<name> hosts=<a,b,...>`, from
+resourceconfig.json) and, before each RecordIO channel's epoch line, prints one line per record:
+`record host=<name> channel=<name> epoch=<n> index=<i> bytes=<b> sha256=<hex of the payload>`;
+with one record per object this tells which objects the host was given.
 """
 
 import hashlib
@@ -16,6 +21,7 @@ import time
 ML_ROOT = os.environ.get("ML_ROOT", "/opt/ml")
 EPOCHS = int(os.environ.get("EPOCHS", "3"))
 WAIT_S = float(os.environ.get("WAIT_S", "60"))
+SHOW_RECORDS = os.environ.get("SHOW_RECORDS", "") not in ("", "0")
 MAGIC = 0xCED7230A
 
 
@@ -40,12 +46,30 @@ def count_records(data: bytes) -> int:
     return count
 
 
+def payloads(data: bytes) -> list[bytes]:
+    """The payload of every record (the stream is checked by count_records first)."""
+    out, pos = [], 0
+    while pos < len(data):
+        length = struct.unpack_from("<I", data, pos + 4)[0] & ((1 << 29) - 1)
+        out.append(data[pos + 8 : pos + 8 + length])
+        pos += 8 + length + (-length % 4)
+    return out
+
+
 def main() -> None:
     config = os.path.join(ML_ROOT, "input", "config", "inputdataconfig.json")
     wait_for(config)
     with open(config) as f:
         channels = json.load(f)
     pipes = sorted(name for name, c in channels.items() if c["TrainingInputMode"].lower() == "pipe")
+    host = ""
+    if SHOW_RECORDS:
+        resource = os.path.join(ML_ROOT, "input", "config", "resourceconfig.json")
+        wait_for(resource)
+        with open(resource) as f:
+            cluster = json.load(f)
+        host = cluster["current_host"]
+        print(f"host={host} hosts={','.join(cluster['hosts'])}", flush=True)
     for epoch in range(EPOCHS):
         for name in pipes:
             path = os.path.join(ML_ROOT, "input", "data", f"{name}_{epoch}")
@@ -53,6 +77,10 @@ def main() -> None:
             with open(path, "rb") as fifo:
                 data = fifo.read()
             records = f" records={count_records(data)}" if channels[name]["RecordWrapperType"] == "RecordIO" else ""
+            if SHOW_RECORDS and records:
+                for i, payload in enumerate(payloads(data)):
+                    print(f"record host={host} channel={name} epoch={epoch} index={i} bytes={len(payload)} "
+                          f"sha256={hashlib.sha256(payload).hexdigest()}", flush=True)
             print(f"channel={name} epoch={epoch} bytes={len(data)}{records} "
                   f"sha256={hashlib.sha256(data).hexdigest()}", flush=True)
 

@@ -26,6 +26,10 @@
 #  7. starts the sidecar alone, checks its FIFOs (0666, readable by the
 #     algorithm's uid), stops it and checks exit 0 within seconds and that no
 #     FIFO is left in the volume;
+#  7b. generates a 3-host compose file (`sagemaker-pipe compose --hosts 3`),
+#     validates it, runs it and checks from the algorithms' output that each
+#     epoch's shares of the sharded channel are disjoint and together every
+#     object (tests/container/shares.py), hostnames, exit codes;
 #  8. with the `s3` profile (SeaweedFS seeded with examples/data) runs the same
 #     job from s3:// channels, when the package can read S3;
 #  9. prints image sizes and timings, then removes every container, image,
@@ -416,6 +420,64 @@ sys.exit(0 if fifos and not bad and len(cfg) == 3 else 1)
     fi
     stop_and_check sidecar "$VOLUME"
     compose down --volumes --timeout 5 >/dev/null 2>&1 || true
+fi
+
+# ---------------------------------------------------------------- 7b. three hosts
+# `sagemaker-pipe compose --hosts 3` (config/sharded.yaml over examples/data);
+# each algorithm prints the sha256 of every record it reads (SHOW_RECORDS=1)
+# and shares.py checks, per epoch, that the sharded channel's shares are
+# disjoint and together every object, and that every host got all of the
+# replicated channel. The file is generated into the work dir.
+HOSTS_FILE="$WORK/docker-compose.hosts.yml"
+hosts_compose() { timeout "${COMPOSE_TIMEOUT:-120}" "$COMPOSE" -p "$PROJECT-hosts" -f "$HOSTS_FILE" "$@"; }
+if PYTHONPATH="$REPO" timeout 60 "$TOOLS/bin/python" -m sagemaker_pipe compose --hosts 3 \
+    --algorithm-image "$ALGO_IMAGE" --sidecar-image "$SIDECAR_IMAGE" --env SHOW_RECORDS=1 \
+    --channels "$REPO/config/sharded.yaml" --data "$REPO/examples/data" \
+    >"$HOSTS_FILE" 2>"$WORK/hosts-generate.err"; then
+    pass "sagemaker-pipe compose --hosts 3 writes a compose file"
+    check "compose config -q of the 3-host file" hosts_compose config -q
+    check "check-jsonschema vendor.compose-spec of the 3-host file" \
+        timeout 120 "$TOOLS/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$HOSTS_FILE"
+else
+    cat "$WORK/hosts-generate.err" >&2
+    fail "sagemaker-pipe compose --hosts 3 writes a compose file"
+    : >"$HOSTS_FILE"
+fi
+if [ "$images_ok" = 1 ] && [ -s "$HOSTS_FILE" ]; then
+    t=$(now)
+    # The README's command: shows the algorithms, returns once all of them
+    # have exited (non-zero if one fails); the sidecars go on until `down`.
+    if COMPOSE_TIMEOUT=300 hosts_compose up --abort-on-container-failure >"$WORK/job-hosts.log" 2>&1; then
+        pass "compose up (3 hosts) exits 0"
+    else
+        tail -n 40 "$WORK/job-hosts.log" >&2
+        fail "compose up (3 hosts) exits 0"
+    fi
+    timing "compose run (3 hosts)" "$(since "$t")"
+    for i in 1 2 3; do
+        hosts_compose logs --no-color --no-log-prefix "algo-$i" >"$WORK/algo-hosts-$i.log" 2>&1 || true
+        id=$(hosts_compose ps -aq "algo-$i" 2>/dev/null | head -n1 || true)
+        seen=$(timeout 30 docker inspect -f '{{.Config.Hostname}} {{.State.ExitCode}} {{range $n, $_ := .NetworkSettings.Networks}}{{$n}}{{end}}' \
+            "$id" 2>/dev/null || echo "no container")
+        check "algo-$i: hostname algo-$i, exit 0, network sagemaker (got: $seen)" \
+            test "$seen" = "algo-$i 0 $PROJECT-hosts_sagemaker"
+    done
+    if "$TOOLS/bin/python" "$HERE/shares.py" --channel-file "$REPO/config/sharded.yaml" \
+        --map "/data=$REPO/examples/data" --hosts 3 --epochs 3 --expect-reshuffle train \
+        "$WORK"/algo-hosts-{1,2,3}.log >"$WORK/shares.log" 2>&1; then
+        sed 's/^/[container-test]   /' "$WORK/shares.log" >&2
+        pass "3 hosts: per-epoch shares of 'train' disjoint, union = all objects; 'validation' complete on every host"
+    else
+        cat "$WORK/shares.log" >&2
+        fail "3 hosts: per-epoch shares of 'train' disjoint, union = all objects; 'validation' complete on every host"
+    fi
+    hosts_compose stop --timeout 10 >"$WORK/stop-hosts.log" 2>&1 || true
+    codes=$(for i in 1 2 3; do
+        id=$(hosts_compose ps -aq "algo-$i-sidecar" 2>/dev/null | head -n1 || true)
+        timeout 30 docker inspect -f '{{.State.ExitCode}}' "$id" 2>/dev/null || echo none
+    done | tr '\n' ' ')
+    check "the 3 sidecars stop with exit 0 (got: $codes)" test "$codes" = "0 0 0 "
+    hosts_compose down --volumes --remove-orphans --timeout 5 >>"$WORK/cleanup.log" 2>&1 || true
 fi
 
 # ---------------------------------------------------------------- 8. s3 profile
