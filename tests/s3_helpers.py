@@ -7,7 +7,7 @@ stdlib's gzip and tests/recordio.py.
 
 * :class:`ModuleBuckets` -- one seeded bucket per server and test module (first PUTs into a new
   SeaweedFS bucket are slow, so a module seeds its data once and its tests share it).
-* :class:`JobRunner` (fixture ``s3_jobs``) -- write a channel file, start the sidecar with
+* :class:`JobRunner` (each test module's ``s3_jobs`` fixture) -- write a channel file, start the sidecar with
   ``--epochs N`` plus one consumer process per channel that saves every epoch's bytes, then
   collect and check the results. Every process belongs to conftest's ``procs`` registry, so it is
   killed at teardown; every wait is bounded.
@@ -28,8 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 import recordio
 from conftest import ERROR_PREFIX, base_env, channel, pattern, sha, write_channel_file
@@ -168,7 +166,7 @@ class ChannelRead:
         """Every epoch exactly ``expected`` (one stream for all epochs, or one per epoch)."""
         per_epoch = [expected] * len(self.data) if isinstance(expected, bytes) else list(expected)
         assert len(per_epoch) == len(self.data)
-        for n, (got, want) in enumerate(zip(self.data, per_epoch)):
+        for n, (got, want) in enumerate(zip(self.data, per_epoch, strict=True)):
             assert self.results[n]["is_fifo"], f"{name} epoch {n}: not a FIFO"
             if got != want:
                 raise AssertionError(
@@ -178,7 +176,7 @@ class ChannelRead:
 
 
 def _first_difference(a: bytes, b: bytes) -> int:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
     return min(len(a), len(b))
@@ -213,7 +211,7 @@ class RunningJob:
                 raise AssertionError(f"{e}\nsidecar rc={self.proc.poll()} stderr:\n{self.proc.stderr}") from None
             data = [(self.out_dirs[ch] / f"epoch_{n}.bin").read_bytes() for n in range(self.epochs)]
             assert [r["epoch"] for r in results] == list(range(self.epochs)), results
-            for r, d in zip(results, data):
+            for r, d in zip(results, data, strict=True):
                 assert r["bytes"] == len(d) and r["sha256"] == sha(d)
             self.reads[ch] = ChannelRead(results, data)
         rc = self.proc.wait(timeout)
@@ -283,11 +281,6 @@ class JobRunner:
         proc = self.sidecar.serve(config, ml_root, *args, epochs=EPOCHS, env=env)
         proc.wait(timeout)
         return proc, ml_root
-
-
-@pytest.fixture
-def s3_jobs(sidecar: Any, consumer: Any, tmp_path: Path) -> JobRunner:
-    return JobRunner(sidecar, consumer, tmp_path)
 
 
 def s3_channel(name: str, uri: str, data_type: str = "S3Prefix", *, gzip: bool = False,

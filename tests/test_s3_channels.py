@@ -9,18 +9,41 @@ stream built here from the objects the test itself put into the bucket.
 
 from __future__ import annotations
 
+import gzip as gzip_module
 import json
-from pathlib import Path
+import uuid
 from typing import Any
 
 import pytest
-
-from s3_helpers import (EPOCHS, MIB, ModuleBuckets, blob, data_error_line, decode_records, gz, gz_members,
-                        jsonl, literal, prefix_keys, s3_channel, stream_of, tagged_unit, unit_order)
-from s3_helpers import s3_jobs  # noqa: F401  (fixture)
-from conftest import assert_nothing_written, error_line, write_tree
+from conftest import assert_nothing_written, error_line, pattern, write_tree
+from s3_helpers import (
+    MIB,
+    JobRunner,
+    ModuleBuckets,
+    blob,
+    data_error_line,
+    decode_records,
+    gz,
+    gz_members,
+    jsonl,
+    literal,
+    prefix_keys,
+    put_objects,
+    s3_channel,
+    s3_env,
+    stream_of,
+    tagged_unit,
+    unit_order,
+)
+from s3_servers import empty_and_delete_bucket
 
 pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def s3_jobs(sidecar, consumer, tmp_path) -> JobRunner:
+    """Sidecar + consumer runs for this test (processes killed at teardown by conftest's registry)."""
+    return JobRunner(sidecar, consumer, tmp_path)
 
 # --------------------------------------------------------------------------------------------
 # the module's data set: one bucket per server, seeded once
@@ -135,7 +158,6 @@ def any_server(request: pytest.FixtureRequest):
 # --------------------------------------------------------------------------------------------
 
 def unzip(data: bytes, gzip_on: bool) -> bytes:
-    import gzip as gzip_module
     return gzip_module.decompress(data) if gzip_on else data
 
 
@@ -183,7 +205,8 @@ def _matrix() -> list[Any]:
                 for record_io in (False, True):
                     if server == "seaweedfs" and (data_type, gzip_on, record_io) not in seaweed:
                         continue
-                    ident = f"{server}-{data_type}-{'gzip' if gzip_on else 'plain'}-{'recordio' if record_io else 'none'}"
+                    ident = "-".join([server, data_type, "gzip" if gzip_on else "plain",
+                                      "recordio" if record_io else "none"])
                     params.append(pytest.param(server, data_type, gzip_on, record_io, id=ident))
     return params
 
@@ -239,9 +262,7 @@ def test_listing_is_sorted_by_the_package_on_seaweedfs(seaweed_s3, buckets, s3_j
 
 def test_more_than_one_listing_page(moto_s3, s3_jobs):
     """1005 objects: the listing goes on past the first page of 1000 keys."""
-    from s3_servers import empty_and_delete_bucket
-    from s3_helpers import put_objects
-    bucket = f"pages-{__import__('uuid').uuid4().hex[:12]}"
+    bucket = f"pages-{uuid.uuid4().hex[:12]}"
     objects = {f"many/{i:05d}": f"{i},".encode() for i in range(1005)}
     client = moto_s3.client()
     client.create_bucket(Bucket=bucket)
@@ -257,9 +278,7 @@ def test_more_than_one_listing_page(moto_s3, s3_jobs):
 def test_objects_larger_than_a_fetch_part(moto_s3, s3_jobs):
     """17 MiB plain and ~9 MiB gzip objects (a downloader may fetch big objects in ranged parts):
     still one whole record each, byte for byte."""
-    from s3_helpers import put_objects
-    from s3_servers import empty_and_delete_bucket
-    bucket = f"large-{__import__('uuid').uuid4().hex[:12]}"
+    bucket = f"large-{uuid.uuid4().hex[:12]}"
     plain = blob(30, 17 * MIB + 5)
     inflated = blob(31, 9 * MIB + 1)
     objects = {"big/0-plain.bin": plain, "big/1-small": b"small", "big/2-zipped.gz": gz(inflated, level=1),
@@ -284,8 +303,7 @@ def test_objects_larger_than_a_fetch_part(moto_s3, s3_jobs):
 
 @pytest.mark.parametrize("suffix", ["", "/"], ids=["bucket", "bucket-slash"])
 def test_whole_bucket_uri(moto_s3, s3_jobs, suffix):
-    from s3_servers import empty_and_delete_bucket
-    bucket = f"whole-{__import__('uuid').uuid4().hex[:12]}"
+    bucket = f"whole-{uuid.uuid4().hex[:12]}"
     objects = {"x/1": b"one", "2": b"two", "a/": b"", "a/3": b"three"}
     client = moto_s3.client()
     client.create_bucket(Bucket=bucket)
@@ -301,7 +319,6 @@ def test_whole_bucket_uri(moto_s3, s3_jobs, suffix):
 def test_generic_endpoint_variable_and_path_style(moto_s3, buckets, s3_jobs, fault_proxy):
     """AWS_ENDPOINT_URL (for every service) works as well as AWS_ENDPOINT_URL_S3; with a host
     name (not an IP) as the custom endpoint, requests are still path-style (/bucket/key)."""
-    from s3_helpers import s3_env
     bucket, objects = buckets.get(moto_s3)
     proxy = fault_proxy(moto_s3)
     env = s3_env(moto_s3)
@@ -315,10 +332,29 @@ def test_generic_endpoint_variable_and_path_style(moto_s3, buckets, s3_jobs, fau
         assert r.headers.get("host") == f"localhost:{proxy.port}", r.headers.get("host")
 
 
+@pytest.mark.parametrize("source", ["profile", "default"])
+def test_credentials_from_the_shared_credentials_file(seaweed_s3, buckets, s3_jobs, tmp_path, source):
+    """The standard chain: keys from AWS_SHARED_CREDENTIALS_FILE (a named AWS_PROFILE, or the
+    default profile), none in the environment. SeaweedFS checks the signature, so the right
+    secret must really have been used."""
+    bucket, objects = buckets.get(seaweed_s3)
+    creds = tmp_path / "credentials"
+    section = "pipe-test" if source == "profile" else "default"
+    creds.write_text(f"[{section}]\naws_access_key_id = {seaweed_s3.access_key}\n"
+                     f"aws_secret_access_key = {seaweed_s3.secret_key}\n")
+    env = s3_env(seaweed_s3)
+    del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+    env["AWS_SHARED_CREDENTIALS_FILE"] = str(creds)
+    if source == "profile":
+        env["AWS_PROFILE"] = "pipe-test"
+    job = s3_jobs.start(seaweed_s3, [s3_channel("t", f"s3://{bucket}/train/a")], env=env, args=["-d"])
+    job.finish()["t"].check(objects["train/a b.txt"] + objects["train/a.csv"], "t")
+    assert seaweed_s3.secret_key not in job.proc.stderr
+
+
 def test_reader_closing_early_then_exact_epochs(moto_s3, buckets, s3_jobs, consumer, tmp_path):
     """A reader that stops mid-object (or opens and closes at once) ends that epoch quietly; the
     next epochs, fetched afresh, are exact (PIPE_MODE.md 2.5)."""
-    from conftest import pattern
     bucket, objects = buckets.get(moto_s3)
     job = s3_jobs.start(moto_s3, [s3_channel("t", f"s3://{bucket}/train", record_io=True),
                                   s3_channel("g", f"s3://{bucket}/gz/", gzip=True)], epochs=5, read=[])

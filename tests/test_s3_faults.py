@@ -29,14 +29,28 @@ import uuid
 from typing import Any
 
 import pytest
-
-from conftest import assert_nothing_written, error_line, pattern, wait_until
-from s3_helpers import (MIB, ModuleBuckets, blob, data_error_line, gz, put_objects, s3_channel, s3_env,
-                        stream_of)
-from s3_helpers import s3_jobs  # noqa: F401  (fixture)
-from s3_servers import empty_and_delete_bucket
+from conftest import assert_nothing_written, error_line, pattern, sha, wait_until
+from s3_helpers import (
+    MIB,
+    JobRunner,
+    ModuleBuckets,
+    blob,
+    data_error_line,
+    gz,
+    put_objects,
+    s3_channel,
+    s3_env,
+    stream_of,
+)
+from s3_servers import empty_and_delete_bucket, free_ports
 
 pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def s3_jobs(sidecar, consumer, tmp_path) -> JobRunner:
+    """Sidecar + consumer runs for this test (processes killed at teardown by conftest's registry)."""
+    return JobRunner(sidecar, consumer, tmp_path)
 
 SERVERS = {"moto": "moto_s3", "seaweedfs": "seaweed_s3"}
 
@@ -284,13 +298,12 @@ def test_object_deleted_while_the_job_runs(moto_s3, s3_jobs, consumer, tmp_path)
             except Exception:
                 break
             if "epoch" in rec and "bytes" in rec:
-                assert rec["bytes"] < len(want) or rec["sha256"] == __import__("hashlib").sha256(want).hexdigest(), rec
+                assert rec["bytes"] < len(want) or rec["sha256"] == sha(want), rec
     finally:
         empty_and_delete_bucket(client, bucket)
 
 
 def test_endpoint_down_is_a_planning_error(moto_s3, s3_jobs):
-    from s3_servers import free_ports
     (port,) = free_ports(1)  # nothing listens there
     env = s3_env(moto_s3, endpoint_url=f"http://127.0.0.1:{port}", AWS_MAX_ATTEMPTS="2")
     uri = "s3://some-bucket/train/"
@@ -427,23 +440,22 @@ def test_first_bytes_reach_the_fifo_while_the_object_is_still_downloading(
 
 
 def test_objects_are_fetched_ahead_in_parallel(moto_s3, buckets, s3_jobs, fault_proxy):
-    """While the first object's GET is stalled, later objects are already being fetched."""
+    """While the first object's GET is stalled (20 s, before its first byte), later objects are
+    already being fetched. (The processes and the stalled connection are ended at teardown.)"""
     bucket, _ = buckets.get(moto_s3)
     proxy = fault_proxy(moto_s3)
     first = "many/00.bin"
-    proxy.stall(3, after_bytes=0, method="GET", path_regex=key_regex(bucket, first))
+    proxy.stall(20, after_bytes=0, method="GET", path_regex=key_regex(bucket, first))
     job = s3_jobs.start(moto_s3, [s3_channel("many", f"s3://{bucket}/many/", record_io=True)],
                         endpoint_url=proxy.endpoint_url)
-    wait_until(lambda: gets_of(proxy, bucket, first), 10, "the first object's GET")
+
     def later() -> set[str]:
         return {r.path for r in proxy.requests("GET") if r.path.startswith(f"/{bucket}/many/")} - {f"/{bucket}/{first}"}
 
-    wait_until(lambda: len(later()) >= 2, 2.5, "GETs of two later objects while the first one is stalled")
-    others = later()
+    wait_until(lambda: gets_of(proxy, bucket, first), 15, "the first object's GET")
+    wait_until(lambda: len(later()) >= 2, 15, "GETs of two later objects while the first one is stalled")
     assert gets_of(proxy, bucket, first)[0].body_bytes == 0, "the stall had already ended"
-    assert len(others) >= 2, others
-    reads = job.finish(timeout=45)
-    reads["many"].check(stream_of(payloads("many/"), True), "many")
+    assert job.proc.alive(), job.proc.stderr
 
 
 def _rss(pid: int) -> int:

@@ -15,12 +15,25 @@ import json
 from typing import Any
 
 import pytest
-
-from s3_helpers import (ModuleBuckets, decode_records, gz, jsonl, s3_channel, stream_of, tagged_unit,
-                        unit_order)
-from s3_helpers import s3_jobs  # noqa: F401  (fixture)
+from s3_helpers import (
+    JobRunner,
+    ModuleBuckets,
+    decode_records,
+    gz,
+    jsonl,
+    s3_channel,
+    stream_of,
+    tagged_unit,
+    unit_order,
+)
 
 pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def s3_jobs(sidecar, consumer, tmp_path) -> JobRunner:
+    """Sidecar + consumer runs for this test (processes killed at teardown by conftest's registry)."""
+    return JobRunner(sidecar, consumer, tmp_path)
 
 HOSTS = ["algo-1", "algo-2", "algo-3"]
 N_UNITS = 10  # 10 over 3 hosts: shares of 4, 3, 3
@@ -110,8 +123,9 @@ def finish_hosts(jobs: dict[str, Any]) -> dict[str, dict]:
         assert job.config_json("resourceconfig.json") == {
             "current_host": host, "hosts": HOSTS, "network_interface_name": "eth0"}
         idc = job.config_json("inputdataconfig.json")
-        for name, entry in idc.items():
+        for entry in idc.values():
             assert entry["TrainingInputMode"] == "Pipe"
+            assert entry["S3DistributionType"] in ("ShardedByS3Key", "FullyReplicated")
     return reads
 
 
