@@ -78,7 +78,9 @@ class ChannelWorker:
 
     def __init__(self, plan: ChannelPlan, layout: Layout, fifos: FifoSet,
                  stop: threading.Event, epochs: int | None = None,
-                 on_epoch: Callable[[EpochStats], None] | None = None) -> None:
+                 on_epoch: Callable[[EpochStats], None] | None = None,
+                 on_open: Callable[[int, FifoWriter], None] | None = None) -> None:
+        self.on_open = on_open  # a reader opened epoch n's FIFO (progress, idle exit: progress.py)
         self.plan = plan
         self.layout = layout
         self.fifos = fifos
@@ -93,6 +95,8 @@ class ChannelWorker:
         epoch = 0
         while self.epochs is None or epoch < self.epochs:
             writer = open_writer(path, self.stop)
+            if self.on_open is not None:
+                self.on_open(epoch, writer)
             started = time.monotonic()
             has_next = self.epochs is None or epoch + 1 < self.epochs
             next_path = self.fifos.create(self.layout.fifo(self.name, epoch + 1)) if has_next else None

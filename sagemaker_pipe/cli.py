@@ -6,8 +6,6 @@ Every PipeError becomes one line on stderr and its exit status; nothing else is 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import signal
 import sys
@@ -16,7 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
-from sagemaker_pipe import __version__
+from sagemaker_pipe import __version__, commands, logs
+from sagemaker_pipe.compose import compose_main
 from sagemaker_pipe.config import Channel, load_job, parse_job
 from sagemaker_pipe.errors import ConfigError, PipeError
 from sagemaker_pipe.layout import DEFAULT_ML_ROOT, Layout
@@ -32,6 +31,9 @@ ENV = {  # option -> environment variable that sets it (for the container)
     "hosts": "SAGEMAKER_PIPE_HOSTS",
     "current_host": "SAGEMAKER_PIPE_CURRENT_HOST",
     "throttle_mbps": "SAGEMAKER_PIPE_THROTTLE_MBPS",
+    "log_format": "SAGEMAKER_PIPE_LOG_FORMAT",
+    "progress_interval": "SAGEMAKER_PIPE_PROGRESS_INTERVAL",
+    "exit_when_idle": "SAGEMAKER_PIPE_EXIT_WHEN_IDLE",
 }
 
 
@@ -46,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream SageMaker training channels into Pipe-mode FIFOs, epoch after epoch.",
         epilog=f"Sidecar form: {PROG} --config FILE [--ml-root DIR] [--epochs N]. "
         f"Original tool's form: {PROG} [-d] [-x] [-r] CHANNEL_NAME SRC DEST. "
+        f"Commands (each with --help): {PROG} validate | from-job | status | compose ... "
         "Options may also be set by environment: "
         + ", ".join(f"{v} (--{k.replace('_', '-')})" for k, v in ENV.items()),
     )
@@ -58,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--throttle-mbps", metavar="N|CHANNEL=N,...",
                    help="pace channels to N MB/s, to see how the algorithm copes with a slow source")
     p.add_argument("--status-file", help="write a JSON ready file here once the first FIFOs exist")
+    p.add_argument("--log-format", help="text (default) or json: one JSON object per log line, for CI")
+    p.add_argument("--progress-interval", metavar="S", help="log each channel's progress every S seconds "
+                   "(default 10; 0: off)")
+    p.add_argument("--exit-when-idle", metavar="S", help="exit 0 once no FIFO has been opened for S seconds "
+                   "after every Pipe channel served a complete epoch")
     p.add_argument("-x", "--gunzip", action="store_true", help="original form: gunzip each object")
     p.add_argument("-r", "--recordio", action="store_true", help="original form: wrap each object in RecordIO")
     p.add_argument("-d", "--debug", action="store_true", help="log every object")
@@ -74,7 +82,7 @@ def main(argv: list[str] | None = None, defaults: dict[str, str] | None = None) 
             return command(argv[1:])
         return serve(argv, defaults or {})
     except PipeError as e:
-        print(f"{PROG}: error: {one_line(str(e))}", file=sys.stderr)
+        print(logs.error_line(PROG, one_line(str(e)), e.exit_status), file=sys.stderr)
         return e.exit_status
     except KeyboardInterrupt:  # a signal before the sidecar took over: nothing was written yet
         return 0
@@ -86,11 +94,11 @@ def serve(argv: list[str], defaults: dict[str, str]) -> int:
     for key, var in ENV.items():
         if getattr(args, key) is None:
             setattr(args, key, os.environ.get(var) or defaults.get(key))
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    # -d is about our objects; botocore's debug output (headers, signatures) stays off
-    logging.getLogger("sagemaker_pipe").setLevel(logging.DEBUG if args.debug else logging.INFO)
+    logs.setup(args.log_format, args.debug)  # text or JSON lines; -d: every object
     epochs = _epochs(args.epochs)
     status_file = Path(args.status_file) if args.status_file else None
+    progress_interval = _seconds(args.progress_interval, "--progress-interval", 10.0, zero=True) or 0.0
+    exit_when_idle = _seconds(args.exit_when_idle, "--exit-when-idle", None)
 
     if args.legacy:
         if len(args.legacy) != 3 or args.config:
@@ -110,29 +118,15 @@ def serve(argv: list[str], defaults: dict[str, str]) -> int:
         plans = plan_job(job)
         layout = Layout.under(args.ml_root or DEFAULT_ML_ROOT)
     plans = _throttled(plans, args.throttle_mbps)
-    return Sidecar(job, plans, layout, epochs=epochs, status_file=status_file).run()
-
-
-def status(argv: list[str]) -> int:
-    """Exit 0 when the sidecar's status file says it is ready (a container health check)."""
-    p = _Parser(prog=f"{PROG} status", description="Exit 0 once the sidecar's first FIFOs exist.")
-    p.add_argument("--throttle-mbps", metavar="N|CHANNEL=N,...",
-                   help="pace channels to N MB/s, to see how the algorithm copes with a slow source")
-    p.add_argument("--status-file", default=os.environ.get(ENV["status_file"]))
-    args = p.parse_args(argv)
-    if not args.status_file:
-        raise ConfigError(f"no status file: give --status-file or set {ENV['status_file']}")
-    try:
-        ready = json.loads(Path(args.status_file).read_text()).get("ready") is True
-    except (OSError, ValueError, AttributeError):
-        ready = False
-    print("ready" if ready else "not ready")
-    return 0 if ready else 1
+    return Sidecar(job, plans, layout, epochs=epochs, status_file=status_file,
+                   progress_interval=progress_interval, exit_when_idle=exit_when_idle).run()
 
 
 # `sagemaker-pipe NAME ...`: each takes its own arguments and returns an exit status. (A channel
 # of the original tool's form cannot be called by one of these names.)
-SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"status": status}
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"status": commands.status}
+SUBCOMMANDS.update({"validate": commands.validate, "from-job": commands.from_job})  # commands.py
+SUBCOMMANDS["compose"] = compose_main  # a compose file for a job on several hosts (compose.py)
 
 
 def _legacy_channel(name: str, src: str, args: argparse.Namespace) -> Channel:
@@ -164,6 +158,20 @@ def _throttled(plans: list[ChannelPlan], spec: str | None) -> list[ChannelPlan]:
             rates[n] = rate
     return [replace(p, channel=replace(p.channel, throttle_mbps=rates.get(p.channel.name, p.channel.throttle_mbps)))
             for p in plans]
+
+
+def _seconds(value: str | None, option: str, default: float | None, zero: bool = False) -> float | None:
+    """A number of seconds for --progress-interval / --exit-when-idle (0 allowed where it means off)."""
+    if value is None or value == "":
+        return default
+    try:
+        n = float(value)
+    except ValueError:
+        n = -1.0
+    if not (n > 0 or (zero and n == 0)) or n != n or n == float("inf"):
+        raise ConfigError(f"{option} must be a {'non-negative' if zero else 'positive'} number of seconds "
+                          f"(got {value!r})")
+    return n
 
 
 def _epochs(value: str | None) -> int | None:

@@ -87,6 +87,8 @@ def load_job(path: str | Path, hosts: list[str] | None = None, current_host: str
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise ConfigError(f"channel file {path} is not valid YAML{at}") from None
+    except RecursionError:
+        raise ConfigError(f"channel file {path} is nested too deeply") from None
     return parse_job(doc, base_dir=path.resolve().parent, source=str(path), hosts=hosts, current_host=current_host)
 
 
@@ -176,7 +178,7 @@ def _parse_channel(doc: Any, index: int, job_mode: str, base_dir: Path) -> Chann
         if key == "FileSystemDataSource":
             raise ConfigError(f"{where}: DataSource.FileSystemDataSource (EFS/FSx) is not supported; use S3DataSource")
         if key != "S3DataSource":
-            raise ConfigError(f"{where}: unknown field DataSource.{key}")
+            raise ConfigError(f"{where}: unknown field DataSource.{_shown(key)}")
     s3 = ds.get("S3DataSource")
     if not isinstance(s3, Mapping):
         raise ConfigError(f"{where}: DataSource.S3DataSource is required")
@@ -267,7 +269,12 @@ def _parse_extensions(doc: Any, where: str) -> float | None:
 def _no_unknown(doc: Mapping[str, Any], known: set[str], where: str, prefix: str = "") -> None:
     for key in doc:
         if key not in known:
-            raise ConfigError(f"{where}: unknown field {prefix}{key}")
+            raise ConfigError(f"{where}: unknown field {prefix}{_shown(key)}")
+
+
+def _shown(key: Any) -> str:
+    """A field name as typed when it is plain printable text, else its repr (one line, NULs visible)."""
+    return key if isinstance(key, str) and key.isprintable() else repr(key)
 
 
 def _parse_hosts(doc: Any, source: str) -> tuple[list[str], str]:

@@ -33,6 +33,10 @@ class Layout:
     def fifo(self, channel: str, epoch: int) -> Path:
         return self.data_dir / f"{channel}_{epoch}"
 
+    def folder(self, channel: str) -> Path:
+        """A File or FastFile channel's folder: its objects, one file per key."""
+        return self.data_dir / channel
+
     def write_config(self, name: str, content: Any) -> None:
         """Write `<config_dir>/<name>` atomically: a reader never sees half a file."""
         assert self.config_dir is not None

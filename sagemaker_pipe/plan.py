@@ -80,6 +80,11 @@ def _manifest(uri: str) -> list[ObjectRef]:
     if not (isinstance(doc, list) and doc and isinstance(doc[0], dict) and isinstance(doc[0].get("prefix"), str)):
         raise ConfigError(f'manifest {uri} must be a JSON array starting with {{"prefix": "..."}}')
     prefix = doc[0]["prefix"]
+    if not sources.is_s3(prefix):
+        if sources.is_s3(uri):
+            raise ConfigError(f"manifest {uri}: a manifest in S3 needs an s3:// prefix (got {prefix!r})")
+        end = "/" if prefix.endswith("/") else ""  # keys are appended to the prefix as a string
+        prefix = resolve_local(prefix, PurePath(uri).parent) + end
     refs = []
     for i, key in enumerate(doc[1:], start=1):
         if not isinstance(key, str):

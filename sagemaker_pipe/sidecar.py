@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import signal
 import threading
@@ -17,8 +15,10 @@ from sagemaker_pipe.channel import ChannelWorker, EpochStats
 from sagemaker_pipe.config import Job
 from sagemaker_pipe.errors import ConfigError, PipeError, Stopped
 from sagemaker_pipe.fifo import FifoSet, replace_stale
-from sagemaker_pipe.layout import Layout, make_dirs, write_atomic
+from sagemaker_pipe.filemode import copy_all, file_copies, is_file_mode
+from sagemaker_pipe.layout import Layout, make_dirs
 from sagemaker_pipe.plan import ChannelPlan
+from sagemaker_pipe.progress import Monitor
 
 log = logging.getLogger("sagemaker_pipe")
 GRACE_S = 1.0  # how long workers get to notice shutdown before their FIFOs are removed under them
@@ -67,16 +67,19 @@ class Sidecar:
     """Owns the stop flag, the set of FIFOs made, and the worker threads."""
 
     def __init__(self, job: Job | None, plans: list[ChannelPlan], layout: Layout, epochs: int | None = None,
-                 status_file: Path | None = None) -> None:
+                 status_file: Path | None = None, progress_interval: float = 0.0,
+                 exit_when_idle: float | None = None) -> None:
         self.job = job  # None in the original tool's form, which writes no config files
-        self.plans = plans
+        self.files = file_copies(plans, layout)  # File/FastFile channels; their keys are checked here
+        self.plans = [p for p in plans if not is_file_mode(p)]  # the Pipe channels
         self.layout = layout
         self.epochs = epochs
         self.status_file = status_file
         self.stop = threading.Event()
         self.fifos = FifoSet()
         self.errors: list[BaseException] = []
-        self.history: dict[str, list[EpochStats]] = {p.channel.name: [] for p in plans}
+        self.history: dict[str, list[EpochStats]] = {p.channel.name: [] for p in self.plans}
+        self.monitor = Monitor(plans, layout, self.stop, status_file, progress_interval, exit_when_idle)
 
     def _write_config(self, job: Job) -> None:
         """The three config files, each atomically, before any FIFO exists."""
@@ -93,19 +96,24 @@ class Sidecar:
         self._prepare_data_dir()
         if self.job is not None:
             self._write_config(self.job)
+        self.monitor.start()
         try:
+            if not copy_all(self.files, self.stop, self.monitor.channels):  # File-mode data before any FIFO
+                return 0  # stopped while copying
             self._make_first_fifos()
             self._write_status()
             threads = [threading.Thread(target=self._work, args=(p,), name=p.channel.name, daemon=True)
                        for p in self.plans]
             for t in threads:
                 t.start()
-            while any(t.is_alive() for t in threads) and not self.stop.is_set():
+            files_only = not threads and self.epochs is None  # File channels only: serve until stopped
+            while (files_only or any(t.is_alive() for t in threads)) and not self.stop.is_set():
                 self.stop.wait(0.1)
             deadline = time.monotonic() + GRACE_S
             for t in threads:
                 t.join(max(0.0, deadline - time.monotonic()))
         finally:
+            self.monitor.close()
             self.fifos.remove_all()
             if self.status_file is not None:
                 self.status_file.unlink(missing_ok=True)
@@ -135,17 +143,17 @@ class Sidecar:
             raise ConfigError(f"cannot create FIFOs in {self.layout.data_dir}: {e.strerror}") from None
 
     def _write_status(self) -> None:
-        """A small ready file for health checks: config files and every first FIFO exist."""
-        if self.status_file is None:
-            return
-        make_dirs(self.status_file.parent)
-        status = {"ready": True, "pid": os.getpid(), "channels": [p.channel.name for p in self.plans]}
-        write_atomic(self.status_file, json.dumps(status) + "\n")
+        """Ready for health checks: config files, File-mode data and every first FIFO exist (progress.py
+        keeps the status file, with per-channel progress, fresh from here on)."""
+        self.monitor.ready()
 
     def _work(self, plan: ChannelPlan) -> None:
         try:
+            progress = self.monitor.channel(plan.channel.name)
             ChannelWorker(plan, self.layout, self.fifos, self.stop, self.epochs,
-                          on_epoch=self.history[plan.channel.name].append).run()
+                          on_epoch=progress.on_epoch(also=self.history[plan.channel.name].append),
+                          on_open=progress.opened).run()
+            progress.finished()
         except Stopped:
             pass
         except PipeError as e:

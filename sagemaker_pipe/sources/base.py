@@ -33,7 +33,7 @@ class FileSpan:
     name: str  # for the error when the file turns out shorter than its span
 
 
-Chunk = bytes | memoryview | FileSpan
+Chunk = bytes | bytearray | memoryview | FileSpan
 
 
 class ObjectStream(Protocol):
