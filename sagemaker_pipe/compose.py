@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from sagemaker_pipe.config import Channel, parse_job
+from sagemaker_pipe.config import Channel, parse_job, read_document
 from sagemaker_pipe.errors import ConfigError
 from sagemaker_pipe.layout import CONTAINER_CONFIG
 
@@ -204,14 +204,7 @@ _Dumper.add_representer(list, _Dumper.represent_list)
 
 def _container_channels(path: Path, hosts: list[str]) -> list[Channel]:
     """The channel file validated as the sidecars will read it: relative paths against /config."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"compose: cannot read channel file {path}: {getattr(e, 'strerror', None) or e}") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ConfigError(f"compose: channel file {path} is not valid YAML") from None
+    doc = read_document(path)
     base = PurePosixPath(CONTAINER_CONFIG).parent
     job = parse_job(doc, base_dir=Path(base), source=str(path), hosts=hosts, current_host=hosts[0])
     return list(job.channels)

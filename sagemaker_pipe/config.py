@@ -77,19 +77,24 @@ class Job:
 def load_job(path: str | Path, hosts: list[str] | None = None, current_host: str | None = None) -> Job:
     """Parse and validate a channel file; `hosts`/`current_host` override its ResourceConfig."""
     path = Path(path)
+    doc = read_document(path)
+    return parse_job(doc, base_dir=path.resolve().parent, source=str(path), hosts=hosts, current_host=current_host)
+
+
+def read_document(path: Path) -> Any:
+    """The channel file's YAML (or JSON) document, with a one-line error naming the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read channel file {path}: {_reason(e)}") from None
     try:
-        doc = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise ConfigError(f"channel file {path} is not valid YAML{at}") from None
     except RecursionError:
         raise ConfigError(f"channel file {path} is nested too deeply") from None
-    return parse_job(doc, base_dir=path.resolve().parent, source=str(path), hosts=hosts, current_host=current_host)
 
 
 def parse_job(
