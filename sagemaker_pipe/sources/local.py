@@ -34,11 +34,18 @@ def read_small(ref: ObjectRef) -> bytes:
             data = os.read(fd, SMALL + 1)
             if len(data) > SMALL:  # it grew since it was listed: read the rest too
                 data += b"".join(iter(lambda: os.read(fd, CHUNK), b""))
-            return data
         finally:
             os.close(fd)
     except OSError as e:
         raise DataError(f"cannot read {ref.uri}: {e.strerror}") from None
+    _check_not_shrunk(ref, len(data))
+    return data
+
+
+def _check_not_shrunk(ref: ObjectRef, size: int) -> None:
+    """A file shorter than when it was listed would make a silently short epoch: refuse it."""
+    if ref.size is not None and size < ref.size:
+        raise DataError(f"{ref.uri} has {size} of its {ref.size} bytes (changed while streaming)")
 
 
 class LocalStream:
@@ -52,6 +59,11 @@ class LocalStream:
             raise DataError(f"cannot open {ref.uri}: {e.strerror}") from None
         self.size = os.fstat(self.fd).st_size
         self.pos = 0
+        try:
+            _check_not_shrunk(ref, self.size)
+        except DataError:
+            self.close()
+            raise
 
     def read(self, n: int = CHUNK) -> bytes:
         try:
