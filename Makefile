@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install install-test demo test container-test
+.PHONY: install install-test demo test container-test bench bench-quick
 
 install:
 	$(PIP) install -q -e .
@@ -18,3 +18,10 @@ test: install-test
 
 container-test:
 	bash tests/container/run.sh
+
+# Speed targets of the README's "Speed" section, against baselines measured in the same run.
+bench: install-test
+	$(PYTHON) bench/run.py
+
+bench-quick: install-test
+	$(PYTHON) bench/run.py --quick

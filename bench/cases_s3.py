@@ -1,0 +1,220 @@
+"""Cases against a real S3 server (SeaweedFS on 127.0.0.1): many small objects, one large one, memory.
+
+SeaweedFS and never moto: moto serves ranged GETs several times slower than whole ones, which
+would make any parallel-range strategy look bad (shared/CONTAINER_TESTING.md).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+
+import data
+from common import (
+    BENCH,
+    GIB,
+    MIB,
+    REPO,
+    OriginalTool,
+    Procs,
+    Results,
+    Row,
+    Settings,
+    Sidecar,
+    cat_seconds,
+    cats_concurrently,
+    channel,
+    check_bytes,
+    median,
+    ratio_row,
+    repeat,
+    where_time_went,
+)
+
+BUCKET = "bench"
+sys.path.insert(0, str(REPO / "tests"))  # tests/s3_servers.py: the SeaweedFS launcher the test suite uses
+
+
+def skip_reason(s: Settings) -> str | None:
+    """Why the S3 cases cannot run (no S3 transport yet, no SeaweedFS), or None."""
+    if not (s.package_dir / "sagemaker_pipe" / "sources" / "s3.py").exists():
+        return f"{s.package_dir}/sagemaker_pipe/sources/s3.py does not exist yet"
+    from s3_servers import SeaweedServer
+
+    return SeaweedServer.unavailable_reason()
+
+
+class S3Env:
+    """One SeaweedFS server for every S3 case of the run, with the bench bucket and a client."""
+
+    def __enter__(self) -> S3Env:
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+        from s3_servers import SeaweedServer
+
+        self.server = SeaweedServer().start()
+        self.client = self.server.client(config=Config(max_pool_connections=32))
+        self.client.create_bucket(Bucket=BUCKET)
+        self.env = self.server.child_env()
+        self.transfer = TransferConfig(multipart_chunksize=64 * MIB, max_concurrency=8)
+        return self
+
+    def put_many(self, prefix: str, count: int, size: int) -> None:
+        block = data.random_block(4 * MIB, seed=3)
+        with ThreadPoolExecutor(16) as ex:
+            list(ex.map(lambda i: self.client.put_object(
+                Bucket=BUCKET, Key=f"{prefix}{i:06d}.bin", Body=block[(i * size) % (len(block) - size):][:size]),
+                range(count)))
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.client.upload_file(str(path), BUCKET, key, Config=self.transfer)
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+
+class Baselines:
+    """bench/s3_baselines.py as a child: one command per timed download, answered with its seconds."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = Procs.spawn([sys.executable, str(BENCH / "s3_baselines.py")], env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self._line() == "ready"
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode().strip()
+        if not line:
+            raise RuntimeError(f"s3_baselines.py exited {self.proc.wait(10)}")
+        return line
+
+    def run(self, *args: str) -> float:
+        self.send(*args)
+        return float(self._line())
+
+    def send(self, *args: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((" ".join(args) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def fifo_read_seconds(self, work: Path, bucket: str, key: str) -> float:
+        """One GET into a fresh FIFO, timed (like the sidecar's epochs) by `cat` on the reading side."""
+        path = work / "baseline.fifo"
+        path.unlink(missing_ok=True)
+        os.mkfifo(path)
+        self.send("fifo", bucket, key, str(path))
+        seconds = cat_seconds([path])
+        self._line()  # the child's own figure, once it is done
+        path.unlink()
+        return seconds
+
+    def __enter__(self) -> Baselines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        Procs.stop(self.proc)
+
+
+def case_s3(s: Settings, res: Results, s3: S3Env) -> None:
+    """Target 4, both halves: many small objects, then one large one."""
+    case_s3_small(s, res, s3)
+    case_s3_large(s, res, s3)
+
+
+def case_s3_small(s: Settings, res: Results, s3: S3Env) -> None:
+    """Target 4a: 1,000 objects of 64 KiB: >= 4x the original's sequential download_fileobj loop."""
+    count = 300 if s.quick else 1000
+    size = 64 << 10
+    s3.put_many("small/", count, size)
+    uri = f"s3://{BUCKET}/small/"
+    epochs = s.warmup + s.reps
+    with ExitStack() as stack:
+        side = stack.enter_context(Sidecar(s, "s3-small", [channel("train", uri)], epochs, env=s3.env))
+        orig = stack.enter_context(OriginalTool(s, "s3", uri, epochs, env=s3.env, name="s3"))
+        base = stack.enter_context(Baselines(s3.env))
+        t = repeat(s, {
+            "ours": lambda i: side.read_epoch("train", i),
+            "orig": orig.read_epoch,
+            "pool16": lambda i: base.run("pool", BUCKET, "small/", "16"),
+        })
+        lines = side.finish()
+    check_bytes(lines, "train", count * size)
+    res.sample("s3-small", {"objects": count, "seconds": t})
+    rate = {k: count / median(v) for k, v in t.items()}
+    what = f"{count:,} x 64 KiB"
+    res.add(ratio_row("s3", f"{what}: FIFO -> cat", "obj/s", rate["ours"], "download_fileobj loop", rate["orig"],
+                      4.0, where_time_went(lines, "train", s.warmup)))
+    res.add(Row("s3", f"{what}: vs 16-thread get_object pool", rate["ours"], "obj/s",
+                f"pool16 {rate['pool16']:,.0f}", rate["ours"] / rate["pool16"], note="no target"))
+
+
+def case_s3_large(s: Settings, res: Results, s3: S3Env) -> None:
+    """Target 4b: one 512 MiB object: >= 0.9x the faster of a single GET and s3transfer, both into /dev/null."""
+    size = 128 * MIB if s.quick else 512 * MIB
+    path = data.write_repeated(s.work / "big.bin", size, seed=4)
+    s3.put_file("big/object.bin", path)
+    path.unlink()
+    epochs = s.warmup + s.reps
+    with ExitStack() as stack:
+        side = stack.enter_context(Sidecar(s, "s3-big", [channel("train", f"s3://{BUCKET}/big/")], epochs, env=s3.env))
+        base = stack.enter_context(Baselines(s3.env))
+        t = repeat(s, {
+            "ours": lambda i: side.read_epoch("train", i),
+            "single": lambda i: base.run("single", BUCKET, "big/object.bin"),
+            "transfer": lambda i: base.run("transfer", BUCKET, "big/object.bin"),
+            "fifo": lambda i: base.fifo_read_seconds(s.work, BUCKET, "big/object.bin"),
+        })
+        lines = side.finish()
+    check_bytes(lines, "train", size)
+    res.sample("s3-large", {"bytes": size, "seconds": t})
+    rate = {k: size / median(v) / 1e6 for k, v in t.items()}
+    best = max(("single", "transfer"), key=lambda k: rate[k])
+    other = "transfer" if best == "single" else "single"
+    name = {"single": "single GET", "transfer": "s3transfer"}
+    res.add(ratio_row("s3", f"1 x {size // MIB} MiB: FIFO -> cat", "MB/s", rate["ours"], name[best], rate[best], 0.9,
+                      f"{name[other]} {rate[other]:.0f} MB/s; " + where_time_went(lines, "train", s.warmup)))
+    res.add(Row("s3", "  same, vs a single GET -> FIFO -> cat (same sink)", rate["ours"], "MB/s",
+                f"GET->FIFO {rate['fifo']:.0f}", rate["ours"] / rate["fifo"],
+                note="what the FIFO itself costs: both sides copy every byte once more than into /dev/null"))
+
+
+def peak_rss_kib(time_output: str) -> int:
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_output)
+    if not m:
+        raise RuntimeError(f"no peak RSS in /usr/bin/time output:\n{time_output[-500:]}")
+    return int(m.group(1))
+
+
+def case_memory(s: Settings, res: Results, s3: S3Env) -> None:
+    """Target 5: peak RSS < 150 MiB streaming a 2 GiB S3 object and a 2 GiB local file at once."""
+    if not Path("/usr/bin/time").exists():
+        res.skipped.append("memory: /usr/bin/time is missing (apt-get install time)")
+        return
+    size = 512 * MIB if s.quick else 2 * GIB
+    folder = s.work / "mem-local"
+    local = data.write_repeated(folder / "part-00000.bin", size, seed=6)
+    t0 = time.perf_counter()
+    s3.put_file("mem/object.bin", local)
+    uploaded = time.perf_counter() - t0
+    report = s.work / "time-v.txt"
+    chans = [channel("s3", f"s3://{BUCKET}/mem/"), channel("local", str(folder))]
+    epochs = 1 if s.quick else 2
+    seconds = []
+    with Sidecar(s, "memory", chans, epochs, env=s3.env, wrap=["/usr/bin/time", "-v", "-o", str(report)]) as side:
+        for n in range(epochs):
+            seconds.append(cats_concurrently([side.fifo("s3", n), side.fifo("local", n)]))
+        lines = side.finish()
+    check_bytes(lines, "s3", size)
+    check_bytes(lines, "local", size)
+    rss = peak_rss_kib(report.read_text()) / 1024
+    res.sample("memory", {"bytes_per_channel": size, "seconds": seconds, "peak_rss_mib": rss,
+                          "upload_s": uploaded})
+    mbps = 2 * size / median(seconds) / 1e6
+    res.add(Row("memory", f"2 channels x {size / GIB:g} GiB (S3 + local), {epochs} epoch(s)", rss, "MiB",
+                "", None, "< 150 MiB", rss < 150, f"both channels together {mbps:.0f} MB/s"))
