@@ -36,7 +36,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY . /tmp/src
 # The shared directories are world-writable (like /tmp, without the sticky
 # bit) so that a run-time uid other than UID can still create and replace
-# its FIFOs; the FIFOs themselves are made 0666 by sagemaker-pipe so that the
+# its FIFOs; the FIFOs themselves are made 0644 by sagemaker-pipe so that the
 # algorithm container reads them under any uid.
 RUN pip install --no-cache-dir "/tmp/src[fast]" \
     && install -d -m 0755 /app /config \

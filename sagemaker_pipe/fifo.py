@@ -47,10 +47,10 @@ class FifoSet:
         self._lock = threading.Lock()
 
     def create(self, path: Path) -> Path:
-        """mkfifo at path (replacing a stale file), readable and writable by any uid."""
+        """mkfifo at path (replacing a stale file), readable by any uid."""
         replace_stale(path)
         os.mkfifo(path)
-        os.chmod(path, 0o666)  # the algorithm container may run under another uid; umask must not matter
+        os.chmod(path, 0o644)  # readable by the algorithm under any uid, writable only by us; umask must not matter
         with self._lock:
             self._paths.add(path)
         return path

@@ -497,8 +497,8 @@ def cat_hashes(proc: Proc, timeout: float = 30.0) -> list[str]:
 
 
 def wait_stale_replaced(paths: Iterable[Path], must_exist: Iterable[Path] = (), timeout: float = 10.0) -> None:
-    """Wait until every stale path (all made with permissions other than 0666 by the test) is gone
-    or is a fresh 0666 FIFO, and each of ``must_exist`` (the first FIFOs) is a fresh FIFO: a
+    """Wait until every stale path (all made with permissions other than 0644 by the test) is gone
+    or is a fresh 0644 FIFO, and each of ``must_exist`` (the first FIFOs) is a fresh FIFO: a
     consumer that opened a stale FIFO before the sidecar replaced it would block forever on the
     old inode (a race of the test, not of the sidecar)."""
     required = set(must_exist)
@@ -508,7 +508,7 @@ def wait_stale_replaced(paths: Iterable[Path], must_exist: Iterable[Path] = (), 
             st = os.lstat(p)
         except FileNotFoundError:
             return p not in required
-        return stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o666
+        return stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o644
 
     paths = list(paths) + sorted(required)
     wait_until(lambda: all(fresh(p) for p in paths), timeout,

@@ -243,7 +243,7 @@ def test_stale_fifos_and_regular_files_are_replaced(tmp_path, ml_root, sidecar, 
             os.mkfifo(data / name)
         else:
             (data / name).write_bytes(b"stale regular file " + name.encode())
-        os.chmod(data / name, 0o600)  # a fresh FIFO is 0666: tells the two apart
+        os.chmod(data / name, 0o600)  # a fresh FIFO is 0644: tells the two apart
     (data / "unrelated.txt").write_bytes(b"not ours")
 
     side = sidecar.serve(cfg, ml_root)
@@ -255,7 +255,7 @@ def test_stale_fifos_and_regular_files_are_replaced(tmp_path, ml_root, sidecar, 
     assert_epochs(ra, expected_stream(a), range(3))
     assert_epochs(rb, expected_stream(b), range(3))
     for r in ra + rb:
-        assert r["perm"] == "0o666", f"epoch {r['epoch']}: stale FIFO reused ({r['perm']})"
+        assert r["perm"] == "0o644", f"epoch {r['epoch']}: stale FIFO reused ({r['perm']})"
     for name in ("alpha_5", "alpha_12"):
         assert not (data / name).exists(), f"stale {name} not removed"
     assert (data / "unrelated.txt").read_bytes() == b"not ours", "an unrelated file was touched"
@@ -477,16 +477,16 @@ def test_channel_input_mode_defaults_to_job_training_input_mode(form, tmp_path, 
 # permissions
 # ------------------------------------------------------------------------------------------
 
-def test_fifos_are_0666_under_umask_077(tmp_path, ml_root, sidecar, consumer):
+def test_fifos_are_0644_under_umask_077(tmp_path, ml_root, sidecar, consumer):
     cfg, a, b = two_channel_job(tmp_path)
     side = sidecar.serve(cfg, ml_root, umask=0o077)
     wait_for_path(fifo(ml_root, "beta", 0))
-    assert stat.S_IMODE(os.lstat(fifo(ml_root, "beta", 0)).st_mode) == 0o666
+    assert stat.S_IMODE(os.lstat(fifo(ml_root, "beta", 0)).st_mode) == 0o644
     c = consumer(pattern(ml_root, "alpha"), 3)
     res = c.results()
     assert_epochs(res, expected_stream(a), range(3))
-    assert [r["perm"] for r in res] == ["0o666"] * 3
-    assert stat.S_IMODE(os.lstat(fifo(ml_root, "alpha", 3)).st_mode) == 0o666
+    assert [r["perm"] for r in res] == ["0o644"] * 3
+    assert stat.S_IMODE(os.lstat(fifo(ml_root, "alpha", 3)).st_mode) == 0o644
     assert side.alive(), side.stderr
 
 

@@ -23,7 +23,7 @@
 #     algorithm` and compares every epoch's sha256 printed by the algorithm
 #     with the bytes computed on the host from examples/data and the channel
 #     file; repeats the job with both containers under other, run-time uids;
-#  7. starts the sidecar alone, checks its FIFOs (0666, readable by the
+#  7. starts the sidecar alone, checks its FIFOs (0644, readable by the
 #     algorithm's uid), stops it and checks exit 0 within seconds and that no
 #     FIFO is left in the volume;
 #  7b. generates a 3-host compose file (`sagemaker-pipe compose --hosts 3`),
@@ -405,7 +405,7 @@ d = "/opt/ml/input/data"
 fifos = [n for n in sorted(os.listdir(d)) if stat.S_ISFIFO(os.lstat(os.path.join(d, n)).st_mode)]
 st = {n: os.lstat(os.path.join(d, n)) for n in fifos}
 print("fifos", " ".join(f"{n}={oct(s.st_mode & 0o777)},uid={s.st_uid}" for n, s in st.items()))
-bad = [n for n, s in st.items() if s.st_mode & 0o777 != 0o666]
+bad = [n for n, s in st.items() if s.st_mode & 0o777 != 0o644]
 for n in fifos:  # with O_NONBLOCK a FIFO opens for reading without waiting for a writer
     os.close(os.open(os.path.join(d, n), os.O_RDONLY | os.O_NONBLOCK))
 cfg = [n for n in ("inputdataconfig.json", "resourceconfig.json", "hyperparameters.json")
@@ -413,10 +413,10 @@ cfg = [n for n in ("inputdataconfig.json", "resourceconfig.json", "hyperparamete
 print("readable config files:", len(cfg))
 sys.exit(0 if fifos and not bad and len(cfg) == 3 else 1)
 ' >"$WORK/fifo-check.log" 2>&1; then
-        pass "FIFOs are 0666 and open for reading as uid 1001 ($(head -n1 "$WORK/fifo-check.log"))"
+        pass "FIFOs are 0644 and open for reading as uid 1001 ($(head -n1 "$WORK/fifo-check.log"))"
     else
         cat "$WORK/fifo-check.log" >&2
-        fail "FIFOs are 0666 and open for reading as uid 1001"
+        fail "FIFOs are 0644 and open for reading as uid 1001"
     fi
     stop_and_check sidecar "$VOLUME"
     compose down --volumes --timeout 5 >/dev/null 2>&1 || true
