@@ -34,10 +34,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Only what .dockerignore lets through: the package, its metadata and the
 # entry point. Installed (not run from the source tree), then the tree goes.
 COPY . /tmp/src
-# The shared directories are world-writable (like /tmp, without the sticky
-# bit) so that a run-time uid other than UID can still create and replace
-# its FIFOs; the FIFOs themselves are made 0644 by sagemaker-pipe so that the
-# algorithm container reads them under any uid.
+# The shared directories belong to UID and to group 0, group-writable, and
+# nothing here is world-writable: a run-time uid other than UID creates its
+# FIFOs through group 0 (`--user 4242:0`, the usual pattern for arbitrary
+# uids). The FIFOs are made 0644 by sagemaker-pipe, so the algorithm
+# container reads them under any uid.
 RUN pip install --no-cache-dir "/tmp/src[fast]" \
     && install -d -m 0755 /app /config \
     && install -m 0644 /tmp/src/entrypoint.py /app/entrypoint.py \
@@ -46,7 +47,7 @@ RUN pip install --no-cache-dir "/tmp/src[fast]" \
     && useradd --uid "${UID}" --gid "${GID}" --non-unique --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin sagemaker-pipe \
     && install -d -m 0755 /opt/ml \
-    && install -d -o "${UID}" -g "${GID}" -m 0777 \
+    && install -d -o "${UID}" -g 0 -m 0775 \
         /opt/ml/input /opt/ml/input/config /opt/ml/input/data \
     && python -c "import sagemaker_pipe"
 

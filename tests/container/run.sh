@@ -411,12 +411,15 @@ for n in fifos:  # with O_NONBLOCK a FIFO opens for reading without waiting for 
 cfg = [n for n in ("inputdataconfig.json", "resourceconfig.json", "hyperparameters.json")
        if os.access(os.path.join("/opt/ml/input/config", n), os.R_OK)]
 print("readable config files:", len(cfg))
-sys.exit(0 if fifos and not bad and len(cfg) == 3 else 1)
+open_to_all = [os.path.join(r, n) for r, ds, fs in os.walk("/opt/ml/input") for n in [".", *ds, *fs]
+               if os.lstat(os.path.join(r, n)).st_mode & stat.S_IWOTH]
+print("world-writable:", open_to_all or "none")
+sys.exit(0 if fifos and not bad and len(cfg) == 3 and not open_to_all else 1)
 ' >"$WORK/fifo-check.log" 2>&1; then
-        pass "FIFOs are 0644 and open for reading as uid 1001 ($(head -n1 "$WORK/fifo-check.log"))"
+        pass "FIFOs are 0644 and open for reading as uid 1001, nothing in the volume is world-writable ($(head -n1 "$WORK/fifo-check.log"))"
     else
         cat "$WORK/fifo-check.log" >&2
-        fail "FIFOs are 0644 and open for reading as uid 1001"
+        fail "FIFOs are 0644 and open for reading as uid 1001, nothing in the volume is world-writable"
     fi
     stop_and_check sidecar "$VOLUME"
     compose down --volumes --timeout 5 >/dev/null 2>&1 || true
