@@ -235,7 +235,9 @@ class Sidecar:
                 wait_for(self.fifo(c["ChannelName"], 0), 600, self.proc)
         except BaseException:
             self.__exit__(None, None, None)
-            raise RuntimeError(f"sidecar {self.name} did not start:\n{self.stderr()[-2000:]}") from None
+            tail = self.stderr().strip()
+            last = tail.splitlines()[-1] if tail else "no output"
+            raise RuntimeError(f"sidecar {self.name} did not start: {last}\n{tail[-2000:]}") from None
         self.startup_s = time.perf_counter() - t0
         return self
 

@@ -10,7 +10,8 @@ repeated runs. The table's `ratio` is ours / baseline (higher is better) except 
 is an absolute number. Raw samples go to bench/results/<timestamp>.json.
 
 `--package-dir` benchmarks another copy of the package (a scratch checkout with a candidate
-fix); `--py-spy DIR` records a flame graph of every sidecar run (needs `pip install py-spy`).
+fix); `--py-spy DIR` records every sidecar run's stacks (folded, for speedscope or flamegraph.pl;
+needs `pip install py-spy`).
 Exit status: 0 when every target passed, 1 when one failed, 2 when a case could not run.
 """
 
@@ -55,7 +56,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cases", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
     p.add_argument("--reps", type=int, help="timed repetitions per measurement (default 3 quick, 5 full)")
     p.add_argument("--package-dir", type=Path, default=REPO, help="folder holding the sagemaker_pipe to measure")
-    p.add_argument("--py-spy", type=Path, help="record a py-spy flame graph of each sidecar run into this folder")
+    p.add_argument("--py-spy", type=Path,
+                   help="record each sidecar run's stacks (py-spy, folded format) into this folder")
     a = p.parse_args(argv)
     unknown = set(a.cases.split(",")) - set(ALL)
     if unknown:

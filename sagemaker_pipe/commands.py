@@ -22,6 +22,7 @@ from sagemaker_pipe.filemode import FILE_MODES, file_copies, mode_notes
 from sagemaker_pipe.fromjob import channel_file, parse_map
 from sagemaker_pipe.layout import DEFAULT_ML_ROOT, Layout
 from sagemaker_pipe.plan import ChannelPlan, plan_job
+from sagemaker_pipe.progress import human_size
 from sagemaker_pipe.sources import ObjectRef
 
 PROG = "sagemaker-pipe"
@@ -165,15 +166,7 @@ def _count(n: int, plural: str) -> str:
 
 
 def _bytes(n: int) -> str:
-    return f"{n:,} bytes" + (f" ({_human(n)})" if n >= 1000 else "")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+    return f"{n:,} bytes" + (f" ({human_size(n)})" if n >= 1000 else "")
 
 
 # ------------------------------------------------------------------------------------------
@@ -271,7 +264,7 @@ def render_status(doc: dict[str, Any] | None, ready: bool, why: str) -> str:
                 state = f"waiting for reader {p.get('state_s', 0):.0f} s"
             nbytes = p.get("bytes", 0)
             total = p.get("total_bytes")
-            size = _human(nbytes) + (f" of {_human(total)}" if not pipe and total else "")
+            size = human_size(nbytes) + (f" of {human_size(total)}" if not pipe and total else "")
             rows.append((name, str(p.get("mode", "?")), state,
                          str(p.get("epoch", "-")) if pipe else "-",
                          str(p.get("epochs_complete", "-")) if pipe else "-",

@@ -267,25 +267,25 @@ class Monitor:
             if p.mode == "Pipe":
                 fields["epoch"] = p.epoch
                 if p.state == "reading":
-                    msg = (f"progress: {name} epoch {p.epoch} reading, {_size(p.epoch_bytes)} this epoch, "
-                           f"{_size(nbytes)} in all, {rate:.1f} MB/s")
+                    msg = (f"progress: {name} epoch {p.epoch} reading, {human_size(p.epoch_bytes)} this epoch, "
+                           f"{human_size(nbytes)} in all, {rate:.1f} MB/s")
                 elif p.state == "waiting":
                     msg = (f"progress: {name} waiting {waited:.0f} s for a reader to open {p.fifo()} "
                            f"(complete epochs so far: {p.epochs_complete})")
                 else:
                     continue
             elif p.state == "copying":
-                msg = (f"progress: {name} ({p.mode}) copying, {_size(nbytes)} of {_size(p.total_bytes or 0)}, "
-                       f"{rate:.1f} MB/s")
+                msg = (f"progress: {name} ({p.mode}) copying, {human_size(nbytes)} of "
+                       f"{human_size(p.total_bytes or 0)}, {rate:.1f} MB/s")
             else:
                 continue
             log.info(msg, extra={"fields": fields})
 
 
-def _size(n: int) -> str:
-    value = float(n)
+def human_size(n: float) -> str:
+    """1234567 -> '1.2 MB' (decimal units, as MB/s figures are)."""
     for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
