@@ -60,6 +60,16 @@ class FifoSet:
             self._paths.discard(path)
         path.unlink(missing_ok=True)
 
+    def release_all(self) -> None:
+        """Wake every writer blocked in open_writer: a reader that opens and closes at once is enough."""
+        with self._lock:
+            paths = list(self._paths)
+        for p in paths:
+            try:
+                os.close(os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+            except OSError:
+                pass
+
     def remove_all(self) -> None:
         with self._lock:
             paths, self._paths = self._paths, set()
@@ -79,22 +89,25 @@ def replace_stale(path: Path) -> None:
 
 
 def open_writer(path: Path, stop: threading.Event) -> FifoWriter:
-    """Wait for a reader to open path, then return the write end; raise Stopped on shutdown.
+    """Block in open() until a reader opens path, then return the (non-blocking) write end.
 
-    A non-blocking open fails with ENXIO until a reader is there, so poll with a short
-    back-off: readers that open the FIFO as soon as it exists are picked up within a millisecond.
+    A blocking open connects the moment the reader arrives, however long it took; shutdown
+    wakes it through FifoSet.release_all, which opens the read end for an instant.
     """
-    delay = 0.001
     while True:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            return FifoWriter(fd, stop)
-        except OSError as e:
-            if e.errno != errno.ENXIO:
-                raise DataError(f"cannot open {path} for writing: {e.strerror}") from None
-        if stop.wait(delay):
+        if stop.is_set():
             raise Stopped
-        delay = min(delay * 2, 0.05)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except InterruptedError:
+            continue
+        except OSError as e:
+            raise DataError(f"cannot open {path} for writing: {e.strerror}") from None
+        if stop.is_set():
+            os.close(fd)
+            raise Stopped
+        os.set_blocking(fd, False)
+        return FifoWriter(fd, stop)
 
 
 class FifoWriter:

@@ -111,7 +111,9 @@ class Sidecar:
                 self.stop.wait(0.1)
             deadline = time.monotonic() + GRACE_S
             for t in threads:
-                t.join(max(0.0, deadline - time.monotonic()))
+                while t.is_alive() and time.monotonic() < deadline:
+                    self.fifos.release_all()  # writers blocked in open() see the stop flag
+                    t.join(0.05)
         finally:
             self.monitor.close()
             self.fifos.remove_all()
