@@ -256,7 +256,7 @@ def render_status(doc: dict[str, Any] | None, ready: bool, why: str) -> str:
     lines = [head + (": " + ", ".join(bits) if bits else "")]
     progress = doc.get("progress")
     if isinstance(progress, dict) and progress:
-        rows = [("CHANNEL", "MODE", "STATE", "EPOCH", "EPOCHS DONE", "BYTES", "MB/S")]
+        rows = [("CHANNEL", "MODE", "STATE", "EPOCH", "EPOCHS DONE", "BYTES", "MB/S", "LAST EPOCH")]
         for name, p in progress.items():
             pipe = p.get("mode") == "Pipe"
             state = p.get("state", "?")
@@ -268,10 +268,19 @@ def render_status(doc: dict[str, Any] | None, ready: bool, why: str) -> str:
             rows.append((name, str(p.get("mode", "?")), state,
                          str(p.get("epoch", "-")) if pipe else "-",
                          str(p.get("epochs_complete", "-")) if pipe else "-",
-                         size, f"{p.get('mb_per_s', 0):.1f}"))
+                         size, f"{p.get('mb_per_s', 0):.1f}", _last_epoch(p.get("last_epoch"))))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines)
+
+
+def _last_epoch(last: Any) -> str:
+    """`algorithm-bound (writer blocked 81%, reader starved 2%)`: is the algorithm waiting for data?"""
+    if not isinstance(last, dict) or not last.get("seconds"):
+        return "-"
+    wall = last["seconds"]
+    return (f"{last.get('verdict', '?')} (writer blocked {100 * last.get('writer_blocked_s', 0) / wall:.0f}%, "
+            f"reader starved {100 * last.get('reader_starved_s', 0) / wall:.0f}%)")
 
 
 def _duration(s: float) -> str:

@@ -37,6 +37,8 @@ class EpochResult(Protocol):
     bytes: int
     complete: bool
 
+    def fields(self) -> dict[str, Any]: ...
+
 
 class ChannelProgress:
     """One channel's counters. Pipe: updated by its worker thread; File: by the copier."""
@@ -52,6 +54,7 @@ class ChannelProgress:
         self.epoch = 0  # the epoch being read, or the next one a reader will get
         self.epochs_complete = 0
         self.epochs_cut = 0  # readers that closed before the end
+        self.last_epoch: dict[str, Any] | None = None  # the last epoch's figures and verdict
         self.objects = 0
         self.total_bytes: int | None = None  # File mode: what the copy will amount to
         self._done_bytes = 0
@@ -70,6 +73,7 @@ class ChannelProgress:
         now = time.monotonic()
         with self._lock:
             self._done_bytes += stats.bytes
+            self.last_epoch = stats.fields()
             self._writer = None
             if stats.complete:
                 self.epochs_complete += 1
@@ -238,7 +242,7 @@ class Monitor:
                                      "state_s": round(now - p.since, 1)}
             if p.mode == "Pipe":
                 entry.update(epoch=p.epoch, epoch_bytes=p.epoch_bytes, epochs_complete=p.epochs_complete,
-                             epochs_cut=p.epochs_cut, fifo=p.fifo())
+                             epochs_cut=p.epochs_cut, fifo=p.fifo(), last_epoch=p.last_epoch)
             else:
                 entry.update(objects=p.objects, total_bytes=p.total_bytes, folder=str(p.folder))
             out["progress"][name] = entry

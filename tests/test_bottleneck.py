@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -11,6 +12,7 @@ from conftest import (
     error_line,
     expected_stream,
     pattern,
+    wait_until,
     write_channel_file,
     write_tree,
 )
@@ -85,3 +87,25 @@ def test_bad_throttle_values_are_config_errors(tmp_path, ml_root, sidecar):
     proc = sidecar.run("--config", str(cfg), "--ml-root", str(ml_root))
     assert proc.popen.returncode == 2
     assert "SageMakerPipe.ThrottleMBps" in error_line(proc.stderr)
+
+
+def test_status_shows_the_last_epochs_verdict(tmp_path, ml_root, sidecar, consumer):
+    src = write_tree(tmp_path / "src", {"a.bin": os.urandom(MIB)})
+    cfg = write_channel_file(tmp_path / "c.yaml", [channel("train", src)])
+    status = tmp_path / "status.json"
+    side = sidecar.serve(cfg, ml_root, "--throttle-mbps", "4", "--status-file", str(status))
+    reader = consumer(pattern(ml_root, "train"), epochs=1)
+    assert_epochs(reader.results(timeout=40), expected_stream(src), range(1))
+
+    def last_epoch():
+        try:
+            return json.loads(status.read_text())["progress"]["train"].get("last_epoch")
+        except (OSError, ValueError, KeyError):
+            return None
+
+    last = wait_until(last_epoch, timeout=15, what="the status file to show epoch 0's figures")
+    assert last["epoch"] == 0 and last["verdict"] == "input-bound", last
+    shown = sidecar.run("status", "--status-file", str(status))
+    assert shown.popen.returncode == 0, shown.stderr
+    assert "input-bound (writer blocked" in shown.stdout, shown.stdout
+    assert side.alive(), side.stderr

@@ -67,7 +67,7 @@ def test_status_file_has_progress_refreshed_while_it_runs(tmp_path, ml_root, sid
     assert st.poll() == 0, st.stderr
     lines = st.stdout.splitlines()
     assert lines[0].startswith(f"ready: sidecar pid {side.pid}, up ")
-    assert lines[1].split() == ["CHANNEL", "MODE", "STATE", "EPOCH", "EPOCHS", "DONE", "BYTES", "MB/S"]
+    assert lines[1].split() == ["CHANNEL", "MODE", "STATE", "EPOCH", "EPOCHS", "DONE", "BYTES", "MB/S", "LAST", "EPOCH"]
     alpha = next(line for line in lines if line.startswith("alpha "))
     assert "waiting for reader" in alpha and "16.8 MB" in alpha
     assert any(line.startswith("val ") and "copied" in line for line in lines)
