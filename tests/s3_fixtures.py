@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
-
 from fault_proxy import FaultProxy
 from s3_servers import MotoServer, S3Server, SeaweedServer, empty_and_delete_bucket, seed_bucket
 

@@ -19,7 +19,6 @@ import pytest
 from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError, ReadTimeoutError, ResponseStreamingError
-
 from fault_proxy import FaultProxy
 from s3_fixtures import MakeProxy, SeedBucket
 from s3_servers import MotoServer, S3Server, SeaweedServer
