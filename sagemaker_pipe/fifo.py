@@ -94,20 +94,17 @@ def open_writer(path: Path, stop: threading.Event) -> FifoWriter:
     A blocking open connects the moment the reader arrives, however long it took; shutdown
     wakes it through FifoSet.release_all, which opens the read end for an instant.
     """
-    while True:
-        if stop.is_set():
-            raise Stopped
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        except InterruptedError:
-            continue
-        except OSError as e:
-            raise DataError(f"cannot open {path} for writing: {e.strerror}") from None
-        if stop.is_set():
-            os.close(fd)
-            raise Stopped
-        os.set_blocking(fd, False)
-        return FifoWriter(fd, stop)
+    if stop.is_set():
+        raise Stopped
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)  # retried by Python itself after a signal (PEP 475)
+    except OSError as e:
+        raise DataError(f"cannot open {path} for writing: {e.strerror}") from None
+    if stop.is_set():
+        os.close(fd)
+        raise Stopped
+    os.set_blocking(fd, False)
+    return FifoWriter(fd, stop)
 
 
 class FifoWriter:

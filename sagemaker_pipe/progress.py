@@ -159,7 +159,6 @@ class Monitor:
         self.started = time.time()
         self.is_ready = False
         self.ready_at = time.monotonic()
-        self.idle_exit = False
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._status_rate = _Rate(time.monotonic())
@@ -204,7 +203,6 @@ class Monitor:
                 self.log_progress()
                 next_line = now + self.progress_interval
             if self.exit_when_idle is not None and self._idle_for(now) >= self.exit_when_idle:
-                self.idle_exit = True
                 log.info("no FIFO opened for %.1f s after every Pipe channel's first complete epoch: "
                          "exiting (--exit-when-idle)", self.exit_when_idle)
                 self.stop.set()

@@ -101,7 +101,7 @@ class Sidecar:
             if not copy_all(self.files, self.stop, self.monitor.channels):  # File-mode data before any FIFO
                 return 0  # stopped while copying
             self._make_first_fifos()
-            self._write_status()
+            self.monitor.ready()  # config, File-mode data and first FIFOs exist: health checks pass
             threads = [threading.Thread(target=self._work, args=(p,), name=p.channel.name, daemon=True)
                        for p in self.plans]
             for t in threads:
@@ -143,11 +143,6 @@ class Sidecar:
                 self.fifos.create(self.layout.fifo(p.channel.name, 0))
         except OSError as e:
             raise ConfigError(f"cannot create FIFOs in {self.layout.data_dir}: {e.strerror}") from None
-
-    def _write_status(self) -> None:
-        """Ready for health checks: config files, File-mode data and every first FIFO exist (progress.py
-        keeps the status file, with per-channel progress, fresh from here on)."""
-        self.monitor.ready()
 
     def _work(self, plan: ChannelPlan) -> None:
         try:

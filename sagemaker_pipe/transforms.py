@@ -56,11 +56,6 @@ def recordio_padding(length: int) -> bytes:
     return _PAD[: -length % 4]
 
 
-def record(payload: bytes, name: str) -> bytes:
-    """A whole RecordIO record around literal bytes (augmented-manifest attributes)."""
-    return recordio_header(len(payload), name) + payload + recordio_padding(len(payload))
-
-
 def object_chunks(stream: ObjectStream, gunzip: bool, recordio: bool) -> Iterator[Chunk]:
     """The bytes one object contributes to the epoch."""
     name = stream.ref.uri
