@@ -434,7 +434,9 @@ def test_first_bytes_reach_the_fifo_while_the_object_is_still_downloading(
     assert event.get("event") == "stalled" and event["bytes"] == MIB, event
     stalled = gets_of(proxy, bucket, "large/00.bin")
     assert rule.hits == 1 and stalled and stalled[0].fault == "stall"
-    assert stalled[0].body_bytes == stall_at, \
+    # the proxy may still be short of the stall point (a loaded machine): what matters is that the
+    # object was not yet downloaded when the reader had its first MiB
+    assert stalled[0].body_bytes <= stall_at, \
         f"the proxy had sent {stalled[0].body_bytes} bytes: the stall was over before the reader got data"
     assert job.proc.alive(), job.proc.stderr
 
