@@ -21,12 +21,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from urllib3.exceptions import HTTPError
 
 from sagemaker_pipe.errors import ConfigError, DataError
 from sagemaker_pipe.sources.base import CHUNK, Chunk, ObjectRef
+from sagemaker_pipe.sources.s3_get import Body, SignedGet
 
 log = logging.getLogger("sagemaker_pipe")
 MIB = 1 << 20
@@ -57,6 +59,7 @@ def split_uri(uri: str) -> tuple[str, str]:
 class S3Transport:
     def __init__(self) -> None:
         self._client: Any = None
+        self._get: SignedGet | None = None
         self._lock = threading.Lock()
         self._pool = _Pool(THREADS)
 
@@ -76,8 +79,16 @@ class S3Transport:
                     connect_timeout=10,
                     max_pool_connections=THREADS + 4,
                 )
-                self._client = boto3.session.Session().client("s3", config=config)
+                core = botocore.session.get_session()
+                self._client = boto3.session.Session(botocore_session=core).client("s3", config=config)
+                self._get = SignedGet(core, config, (10, READ_TIMEOUT), THREADS + 4)
             return self._client
+
+    @property
+    def signed_get(self) -> SignedGet:
+        self.client  # noqa: B018 (made with the client)
+        assert self._get is not None
+        return self._get
 
     def list_objects(self, uri: str) -> list[ObjectRef]:
         """Every object whose key starts with the prefix (a plain string match), folder markers skipped."""
@@ -138,21 +149,20 @@ class S3Transport:
         pos, end = part.start, part.end
         resumes = 0
         while pos < end and not part.cancelled:
-            args: dict[str, Any] = {"Bucket": bucket, "Key": key}
+            headers: dict[str, str] = {}
             if (pos, end) != (0, part.ref.size):
-                args["Range"] = f"bytes={pos}-{end - 1}"
+                headers["Range"] = f"bytes={pos}-{end - 1}"
             if part.ref.etag and (pos > 0 or resumes):
-                args["IfMatch"] = part.ref.etag
+                headers["If-Match"] = part.ref.etag
             try:
-                try:
-                    response = self.client.get_object(**args)
-                except ClientError as e:
-                    raise DataError(f"{part.ref.uri}: {_describe(e)}") from None
-                total = _total_size(response)
+                body = self.signed_get.get(bucket, key, headers)
+                if body is None:  # an error, a redirect or throttling: botocore's to retry or word
+                    body = self._get_object(part.ref.uri, bucket, key, headers)
+                total = _total_size(body.headers)
                 if total != part.ref.size:
+                    body.close()
                     raise DataError(f"{part.ref.uri} is {total} bytes now, {part.ref.size} when listed; "
                                     "it changed while the job ran")
-                body = response["Body"]
                 try:
                     while pos < end and not part.cancelled:
                         data = body.read(min(CHUNK, end - pos))
@@ -169,6 +179,19 @@ class S3Transport:
                                     f"({type(e).__name__})") from None
                 log.warning("%s: body broke at byte %d (%s); resuming", part.ref.uri, pos, type(e).__name__)
                 time.sleep(min(0.1 * 2**resumes, 2.0))
+
+    def _get_object(self, uri: str, bucket: str, key: str, headers: dict[str, str]) -> Body:
+        """The same GET through botocore: its retries, region redirects and error messages."""
+        args: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if "Range" in headers:
+            args["Range"] = headers["Range"]
+        if "If-Match" in headers:
+            args["IfMatch"] = headers["If-Match"]
+        try:
+            response = self.client.get_object(**args)
+        except ClientError as e:
+            raise DataError(f"{uri}: {_describe(e)}") from None
+        return Body(response["ResponseMetadata"]["HTTPHeaders"], response["Body"])
 
 
 class S3Stream:
@@ -333,11 +356,11 @@ class _Pool:
             self._tasks.get()()
 
 
-def _total_size(response: dict[str, Any]) -> int:
-    content_range = response.get("ContentRange")  # "bytes 0-99/1234"
+def _total_size(headers: Any) -> int:
+    content_range = headers.get("content-range")  # "bytes 0-99/1234"
     if content_range:
         return int(content_range.rsplit("/", 1)[1])
-    return int(response["ContentLength"])
+    return int(headers["content-length"])
 
 
 def _describe(e: ClientError) -> str:
