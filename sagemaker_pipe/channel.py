@@ -8,16 +8,17 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
-from sagemaker_pipe import sources, transforms
-from sagemaker_pipe.fifo import BATCH, FifoSet, FifoWriter, ReaderGone, open_writer
+from sagemaker_pipe import smallfiles, sources, transforms
+from sagemaker_pipe.ahead import ahead
+from sagemaker_pipe.fifo import FifoSet, FifoWriter, ReaderGone, open_writer
 from sagemaker_pipe.layout import Layout
 from sagemaker_pipe.plan import ChannelPlan, Unit
 from sagemaker_pipe.sources import ObjectRef, ObjectStream
 from sagemaker_pipe.sources.base import Chunk
-from sagemaker_pipe.sources.local import is_small, read_small
 
 log = logging.getLogger("sagemaker_pipe")
 MIN_WAIT_S = 0.005  # waits shorter than this, in all, say nothing about either side
+AHEAD = 8  # chunks (up to a megabyte each) a helper thread may hold ready for the writer
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class ChannelWorker:
         self.epochs = epochs
         self.on_epoch = on_epoch
         self.name = plan.channel.name
+        # units read in bulk (small files, literal bytes): by identity, as epochs reorder the same units
+        self._bulk = {id(u) for u in plan.units if smallfiles.is_bulk(u, files=not plan.channel.gunzip)}
 
     def run(self) -> None:
         """Raises Stopped on shutdown, DataError when an object cannot be streamed."""
@@ -118,11 +121,13 @@ class ChannelWorker:
         """Write the epoch's units; returns (units sent, whether the reader took them all)."""
         c = self.plan.channel
         units = self.plan.epoch(epoch)
-        inline = not c.gunzip  # small local files are read whole by _chunks, not opened as streams
-        refs = [p for u in units for p in u.parts if isinstance(p, ObjectRef) and not (inline and is_small(p))]
+        refs = [p for u in units if id(u) not in self._bulk for p in u.parts if isinstance(p, ObjectRef)]
         streams = sources.stream(refs)
+        produced = self._chunks(units, streams, epoch)
+        if c.gunzip:  # inflate in a helper thread, beside this thread's writes (inflated chunks are bytes, never spans)
+            produced = ahead(produced, AHEAD)
         sent = [0]
-        body = self._chunks(units, streams, epoch, sent)
+        body = _counted(produced, sent)
         chunks = transforms.Throttle(c.throttle_mbps, self.stop).apply(body) if c.throttle_mbps else body
         try:
             writer.write_all(chunks)
@@ -130,42 +135,72 @@ class ChannelWorker:
         except ReaderGone:
             return sent[0], False
         finally:
-            body.close()  # closes the object it was in the middle of
+            body.close()
+            produced.close()  # closes the object it was in the middle of
             streams.close()
         return sent[0], True
 
-    def _chunks(self, units: list[Unit], streams: Iterator[ObjectStream], epoch: int,
-                sent: list[int]) -> Generator[Chunk, None, None]:
-        """The epoch's bytes; small pieces are gathered here, so the sink sees megabytes, not files."""
+    def _chunks(self, units: list[Unit], streams: Iterator[ObjectStream],
+                epoch: int) -> Generator[tuple[Chunk, int], None, None]:
+        """The epoch's bytes, each with the count of units complete once it is written.
+
+        Runs of units made only of small pieces go through smallfiles.batches, so the sink sees
+        megabytes, not files; any other unit's objects are opened as streams.
+        """
         c = self.plan.channel
-        inline_files = not c.gunzip
-        debug = log.isEnabledFor(logging.DEBUG)
-        batch = bytearray()
+        done = 0
+        run: list[Unit] = []
         for unit in units:
+            if id(unit) in self._bulk:
+                run.append(unit)
+                continue
+            if run:
+                yield from self._bulk_batches(run, done, epoch)
+                done += len(run)
+                run = []
             for part in unit.parts:
-                if isinstance(part, bytes) or (inline_files and is_small(part)):
-                    data = part if isinstance(part, bytes) else read_small(part)
-                    if debug and not isinstance(part, bytes):
-                        log.debug("channel=%s epoch=%d object=%s bytes=%d", c.name, epoch, part.uri, len(data))
-                    if c.recordio:
-                        batch += transforms.recordio_header(len(data), c.name)
-                        batch += data
-                        batch += transforms.recordio_padding(len(data))
-                    else:
-                        batch += data
-                    if len(batch) >= BATCH:
-                        yield batch
-                        batch = bytearray()
+                if isinstance(part, bytes):
+                    yield _literal(part, c.recordio, c.name), done
                     continue
-                if batch:
-                    yield batch
-                    batch = bytearray()
                 stream = next(streams)
                 try:
-                    yield from transforms.object_chunks(stream, c.gunzip, c.recordio)
+                    for chunk in transforms.object_chunks(stream, c.gunzip, c.recordio):
+                        yield chunk, done
                 finally:
                     stream.close()
                 log.debug("channel=%s epoch=%d object=%s bytes=%d", c.name, epoch, part.uri, stream.size)
-            sent[0] += 1
-        if batch:
-            yield batch
+            done += 1
+        if run:
+            yield from self._bulk_batches(run, done, epoch)
+            done += len(run)
+        yield b"", done  # carries the final count
+
+    def _bulk_batches(self, run: list[Unit], done: int, epoch: int) -> Generator[tuple[Chunk, int], None, None]:
+        """A run of small-piece units in megabyte batches, read by a helper thread while this one writes.
+
+        (A gunzip channel's whole epoch already runs in a helper thread.) Only this run goes to
+        the helper: a stream's file spans must be spliced before this thread closes their file.
+        """
+        c = self.plan.channel
+        batches = smallfiles.batches(run, c.recordio, c.name, epoch)
+        if not c.gunzip:
+            batches = ahead(batches, AHEAD)
+        try:
+            for batch, k in batches:
+                yield batch, done + k
+        finally:
+            batches.close()  # the helper thread is done before the caller moves on
+
+
+def _literal(data: bytes, recordio: bool, name: str) -> bytes:
+    """Literal bytes from an augmented manifest line, as one record if the channel wants RecordIO."""
+    if not recordio:
+        return data
+    return transforms.recordio_header(len(data), name) + data + transforms.recordio_padding(len(data))
+
+
+def _counted(produced: Iterator[tuple[Chunk, int]], sent: list[int]) -> Generator[Chunk, None, None]:
+    """The chunks alone; `sent[0]` follows the units whose last byte went to the writer."""
+    for chunk, done in produced:
+        yield chunk
+        sent[0] = done
