@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
-from sagemaker_pipe import __version__, commands, logs
+from sagemaker_pipe import __version__, commands, logs, malloc
 from sagemaker_pipe.compose import compose_main
 from sagemaker_pipe.config import Channel, load_job, parse_job
 from sagemaker_pipe.errors import ConfigError, PipeError
@@ -95,6 +95,7 @@ def serve(argv: list[str], defaults: dict[str, str]) -> int:
         if getattr(args, key) is None:
             setattr(args, key, os.environ.get(var) or defaults.get(key))
     logs.setup(args.log_format, args.debug)  # text or JSON lines; -d: every object
+    malloc.keep_freed_buffers()  # before any thread allocates: chunk buffers are reused, not re-faulted
     epochs = _epochs(args.epochs)
     status_file = Path(args.status_file) if args.status_file else None
     progress_interval = _seconds(args.progress_interval, "--progress-interval", 10.0, zero=True) or 0.0
