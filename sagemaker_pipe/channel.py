@@ -89,8 +89,9 @@ class ChannelWorker:
         self.epochs = epochs
         self.on_epoch = on_epoch
         self.name = plan.channel.name
-        # units read in bulk (small files, literal bytes): by identity, as epochs reorder the same units
-        self._bulk = {id(u) for u in plan.units if smallfiles.is_bulk(u, files=not plan.channel.gunzip)}
+        # units read in bulk (small files, literal bytes), by identity: epochs reorder the same units
+        files = not plan.channel.gunzip
+        self._bulk = {id(u): p for u in plan.units if (p := smallfiles.pieces(u, files)) is not None}
 
     def run(self) -> None:
         """Raises Stopped on shutdown, DataError when an object cannot be streamed."""
@@ -149,10 +150,12 @@ class ChannelWorker:
         """
         c = self.plan.channel
         done = 0
-        run: list[Unit] = []
+        run: list[smallfiles.Pieces] = []
+        bulk = self._bulk
         for unit in units:
-            if id(unit) in self._bulk:
-                run.append(unit)
+            pieces = bulk.get(id(unit))
+            if pieces is not None:
+                run.append(pieces)
                 continue
             if run:
                 yield from self._bulk_batches(run, done, epoch)
@@ -175,7 +178,8 @@ class ChannelWorker:
             done += len(run)
         yield b"", done  # carries the final count
 
-    def _bulk_batches(self, run: list[Unit], done: int, epoch: int) -> Generator[tuple[Chunk, int], None, None]:
+    def _bulk_batches(self, run: list[smallfiles.Pieces], done: int,
+                      epoch: int) -> Generator[tuple[Chunk, int], None, None]:
         """A run of small-piece units in megabyte batches, read by a helper thread while this one writes.
 
         (A gunzip channel's whole epoch already runs in a helper thread.) Only this run goes to

@@ -27,12 +27,28 @@ _FLAGS = os.O_RDONLY | os.O_CLOEXEC
 log = logging.getLogger("sagemaker_pipe")
 
 
-def is_bulk(unit: Unit, files: bool) -> bool:
-    """Whether every piece of the unit is literal bytes or (when `files`) a small local file."""
-    return all(isinstance(p, bytes) or (files and is_small(p)) for p in unit.parts)
+Piece = bytes | tuple[str, int, ObjectRef]  # literal bytes, or a small file as (path, listed size, ref)
+Pieces = tuple[Piece, ...]  # one unit's
 
 
-def batches(units: Sequence[Unit], recordio: bool, name: str,
+def pieces(unit: Unit, files: bool) -> Pieces | None:
+    """The unit as pieces to read in bulk, or None if one of its parts must be streamed.
+
+    Worked out once per job: in the per-file loop, unpacking a tuple costs less than reading
+    an ObjectRef's attributes (about 10% of the loop at 4 KiB a file).
+    """
+    out: list[Piece] = []
+    for p in unit.parts:
+        if isinstance(p, bytes):
+            out.append(p)
+        elif files and is_small(p):
+            out.append((p.uri, p.size or 0, p))
+        else:
+            return None
+    return tuple(out)
+
+
+def batches(units: Sequence[Pieces], recordio: bool, name: str,
             epoch: int) -> Generator[tuple[bytearray, int], None, None]:
     """The units' bytes in batches of about BATCH bytes, each with the units complete after it.
 
@@ -43,23 +59,23 @@ def batches(units: Sequence[Unit], recordio: bool, name: str,
     debug = log.isEnabledFor(logging.DEBUG)
     batch = bytearray()
     done = 0
-    ref: ObjectRef | None = None
+    uri = name
     try:
         for unit in units:
-            for part in unit.parts:
-                if isinstance(part, bytes):
-                    data = part
+            for piece in unit:
+                if isinstance(piece, bytes):
+                    data = piece
                 else:
-                    ref = part
-                    fd = open_(part.uri, _FLAGS)
+                    uri, size, ref = piece
+                    fd = open_(uri, _FLAGS)
                     try:
                         data = read(fd, SMALL + 1)
                     finally:
                         close(fd)
-                    if len(data) != part.size:
-                        data = read_small(part)
+                    if len(data) != size:
+                        data = read_small(ref)
                     if debug:
-                        log.debug("channel=%s epoch=%d object=%s bytes=%d", name, epoch, part.uri, len(data))
+                        log.debug("channel=%s epoch=%d object=%s bytes=%d", name, epoch, uri, len(data))
                 n = len(data)
                 if recordio:
                     batch += pack(RECORDIO_MAGIC, n) if n <= MAX_RECORD else recordio_header(n, name)
@@ -72,6 +88,5 @@ def batches(units: Sequence[Unit], recordio: bool, name: str,
                 yield batch, done
                 batch = bytearray()
     except OSError as e:
-        where = ref.uri if ref is not None else name
-        raise DataError(f"cannot read {where}: {e.strerror}") from None
+        raise DataError(f"cannot read {uri}: {e.strerror}") from None
     yield batch, done
