@@ -151,6 +151,24 @@ def test_5xx_on_get_and_listing_are_retried(moto_s3, buckets, s3_jobs, fault_pro
     assert statuses[:3] == [code, code, statuses[2]] and statuses[2] in (200, 206), statuses
 
 
+def test_a_refused_signed_get_hands_the_bucket_to_botocore(moto_s3, buckets, s3_jobs, fault_proxy):
+    """Object bodies go out as plain signed GETs (sources/s3_get.py). A 403 to one of them (a bucket
+    in another region, or a signing scheme the fast path does not know) is repeated through
+    get_object, and the bucket's later objects go through get_object from then on."""
+    bucket, _ = buckets.get(moto_s3)
+    proxy = fault_proxy(moto_s3)
+    rule = proxy.status(403, times=1, method="GET", path_regex=key_regex(bucket, "mid/a.csv"))
+    reads = s3_jobs.run(moto_s3, [s3_channel("train", f"s3://{bucket}/mid/")], endpoint_url=proxy.endpoint_url)
+    reads["train"].check(stream_of(payloads("mid/"), False), "train")
+    assert rule.hits == 1
+    agents = [(r.status, r.headers.get("user-agent", "")) for r in gets_of(proxy, bucket, "mid/a.csv")]
+    assert agents[0][0] == 403 and agents[0][1].startswith("sagemaker-pipe/"), agents
+    assert agents[1][0] == 200 and agents[1][1].startswith("Boto3/"), agents
+    fast = [r for r in proxy.requests("GET") if "list-type" not in r.query
+            and r.headers.get("user-agent", "").startswith("sagemaker-pipe/")]
+    assert len(fast) <= len(payloads("mid/")), "the fast path was used again after the 403"
+
+
 # --------------------------------------------------------------------------------------------
 # broken bodies: resumed from the exact byte
 # --------------------------------------------------------------------------------------------

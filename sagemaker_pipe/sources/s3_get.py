@@ -10,7 +10,8 @@ botocore's own S3 signer and sent through its own HTTP session class (proxies, C
 Only a 200 or 206 is handled here. Any other answer (errors, redirects, throttling), or none
 at all, returns None, and the caller repeats the request through `get_object`, which retries, follows region
 redirects and words the error exactly as before. A bucket whose presigned URL is not plain
-SigV4 (anonymous access, S3 Express sessions) always takes that path.
+SigV4 (anonymous access, S3 Express sessions), or that answered once with a redirect, a 400
+or a 403 (another region, a signature it does not take), takes that path from then on.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 from botocore.httpsession import URLLib3Session
+from botocore.utils import get_environ_proxies
 
 from sagemaker_pipe import __version__
 
 _PROBE = "sagemaker-pipe-probe"  # a key name that URL-quotes to itself
 _AGENT = f"sagemaker-pipe/{__version__} botocore/{botocore_version}"
+_NOT_HERE = (301, 307, 400, 403)  # a region redirect, or a signature this bucket does not take
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,8 @@ class SignedGet:
         self._presigner = session.create_client("s3", config=config.merge(Config(signature_version="s3v4")))
         self._credentials = session.get_credentials()
         self._http = URLLib3Session(verify=session.get_config_variable("ca_bundle") or True, timeout=timeout,
-                                    max_pool_connections=connections)
+                                    max_pool_connections=connections,
+                                    proxies=get_environ_proxies(self._presigner.meta.endpoint_url))  # as botocore
         self._targets: dict[str, _Target | None] = {}
         self._lock = threading.Lock()
 
@@ -87,6 +91,9 @@ class SignedGet:
         if response.status_code in (200, 206):
             return Body(response.raw.headers, response.raw)
         response.raw.close()
+        if response.status_code in _NOT_HERE:
+            with self._lock:
+                self._targets[bucket] = None  # another region or signing scheme: botocore's from now on
         return None
 
     def _target(self, bucket: str) -> _Target | None:
