@@ -6,16 +6,15 @@ defaults serve such sizes with fresh mmap()s or trim them off the heap once free
 4 KiB of every chunk costs a page fault and a page of zeroing: about 100,000 faults for a
 512 MiB object, which held S3 streaming near 0.65x of a plain GET. With buffers up to
 16 MiB kept on the heap and the heap trimmed only past 256 MiB free, the same run takes a
-handful of faults. Peak memory is unchanged: it is bounded by the read-ahead, not by this.
+handful of faults. One arena for all threads makes a buffer freed by the writer the next one
+any thread gets, so what is kept stays near the peak in use, which the read-ahead bounds (the
+bench's memory case: 114 MiB, against 136 MiB before).
 """
 
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
-
-log = logging.getLogger("sagemaker_pipe")
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt() parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -34,7 +33,5 @@ def keep_freed_buffers() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    done = all(mallopt(param, value) for param, value in (
+    return all(mallopt(param, value) for param, value in (
         (M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_ARENA_MAX, 1)))
-    log.debug("malloc: keep freed buffers up to %d MiB (%s)", MMAP_THRESHOLD >> 20, "set" if done else "refused")
-    return done
