@@ -5,7 +5,9 @@ ones) that a small pool of daemon threads fetches ahead, never holding more than
 bytes per channel. The part at the head streams as its bytes arrive, so the FIFO sees an
 object's first bytes long before the object is complete. A body that breaks mid-way is
 resumed with a Range GET from the exact byte reached (If-Match on the ETag, so the bytes all
-come from one version); throttling and 5xx answers are botocore's to retry (standard mode).
+come from one version). Bodies are fetched by plain signed GETs (s3_get.py); anything but a
+200 or 206 is repeated through get_object, so throttling and 5xx answers are botocore's to
+retry (standard mode) and its errors are what the job reports.
 """
 
 from __future__ import annotations
@@ -59,36 +61,40 @@ def split_uri(uri: str) -> tuple[str, str]:
 class S3Transport:
     def __init__(self) -> None:
         self._client: Any = None
-        self._get: SignedGet | None = None
+        self._get: Any = None
         self._lock = threading.Lock()
         self._pool = _Pool(THREADS)
 
     @property
     def client(self) -> Any:
         """One thread-safe client, made on first use from the standard chain and endpoint variables."""
-        with self._lock:
-            if self._client is None:
-                retries: dict[str, Any] = {}
-                if not os.environ.get("AWS_RETRY_MODE"):
-                    retries["mode"] = "standard"
-                if not os.environ.get("AWS_MAX_ATTEMPTS"):
-                    retries["total_max_attempts"] = 5
-                config = Config(
-                    retries=retries or None,
-                    read_timeout=READ_TIMEOUT,
-                    connect_timeout=10,
-                    max_pool_connections=THREADS + 4,
-                )
-                core = botocore.session.get_session()
-                self._client = boto3.session.Session(botocore_session=core).client("s3", config=config)
-                self._get = SignedGet(core, config, (10, READ_TIMEOUT), THREADS + 4)
-            return self._client
+        self._connect()
+        return self._client
 
     @property
     def signed_get(self) -> SignedGet:
-        self.client  # noqa: B018 (made with the client)
-        assert self._get is not None
-        return self._get
+        """Object bodies' GETs, with the same session, config and timeouts as the client."""
+        self._connect()
+        return self._get  # type: ignore[no-any-return]
+
+    def _connect(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                return
+            retries: dict[str, Any] = {}
+            if not os.environ.get("AWS_RETRY_MODE"):
+                retries["mode"] = "standard"
+            if not os.environ.get("AWS_MAX_ATTEMPTS"):
+                retries["total_max_attempts"] = 5
+            config = Config(
+                retries=retries or None,
+                read_timeout=READ_TIMEOUT,
+                connect_timeout=10,
+                max_pool_connections=THREADS + 4,
+            )
+            core = botocore.session.get_session()
+            self._get = SignedGet(core, config, (10, READ_TIMEOUT), THREADS + 4)
+            self._client = boto3.session.Session(botocore_session=core).client("s3", config=config)
 
     def list_objects(self, uri: str) -> list[ObjectRef]:
         """Every object whose key starts with the prefix (a plain string match), folder markers skipped."""
