@@ -326,7 +326,8 @@ def test_each_object_is_one_signed_get_on_seaweedfs(seaweed_s3, buckets, s3_jobs
     proxy = fault_proxy(seaweed_s3)
     keys = prefix_keys(objects, "train/")
     reads = s3_jobs.run(seaweed_s3, [s3_channel("train", f"s3://{bucket}/train/")], epochs=2,
-                        endpoint_url=proxy.endpoint_url, env_extra={"SAGEMAKER_PIPE_S3_PART_MB": "2"})
+                        endpoint_url=proxy.endpoint_url,
+                        env_extra={"SAGEMAKER_PIPE_S3_PART_MB": "2", "SAGEMAKER_PIPE_S3_RANGES": "always"})
     reads["train"].check(stream_of([objects[k] for k in keys], False), "train")
     gets = [r for r in proxy.requests("GET") if "list-type" not in r.query]
     assert gets and all(r.headers.get("user-agent", "").startswith("sagemaker-pipe/") for r in gets), \

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 from conftest import assert_nothing_written, error_line, pattern, sha, wait_until
 from s3_helpers import (
+    EPOCHS,
     MIB,
     JobRunner,
     ModuleBuckets,
@@ -410,6 +411,39 @@ def test_no_credentials_at_all(request, buckets, s3_jobs, server_name):
     assert time.monotonic() - started < 25
 
 
+@pytest.mark.parametrize(("var", "value"), [("SAGEMAKER_PIPE_S3_RANGES", "sometimes"),
+                                            ("SAGEMAKER_PIPE_S3_THREADS", "many")])
+def test_a_bad_s3_setting_is_one_line_naming_it(moto_s3, buckets, s3_jobs, var, value):
+    bucket, _ = buckets.get(moto_s3)
+    proc, ml_root = s3_jobs.fail(None, [s3_channel("train", f"s3://{bucket}/mid/")],
+                                 env={**s3_env(moto_s3), var: value})
+    assert proc.poll() == 2, proc.stderr
+    line = error_line(proc.stderr)
+    assert var in line and value in line, line
+    assert_nothing_written(ml_root)
+
+
+def test_near_servers_get_one_stream_per_object(monkeypatch):
+    """`auto` takes one stream per object once the fastest of the recent GETs answered within 5 ms."""
+    from sagemaker_pipe.sources import s3
+
+    monkeypatch.setattr(s3, "RANGES", "auto")
+    transport = s3.S3Transport()
+    assert not transport.near  # nothing measured yet: ranges
+    transport._answers.extend([0.030, 0.012, 0.050])
+    assert not transport.near  # S3 itself
+    transport._answers.append(0.002)
+    assert transport.near  # the fastest answer counts: the slow ones were queueing
+    transport._answers.extend([0.030] * 64)
+    assert not transport.near  # only the recent ones count
+    monkeypatch.setattr(s3, "RANGES", "always")
+    transport._answers.append(0.001)
+    assert not transport.near
+    monkeypatch.setattr(s3, "RANGES", "never")
+    transport._answers.clear()
+    assert transport.near
+
+
 def test_secret_never_on_stderr_with_debug(moto_s3, buckets, s3_jobs, fault_proxy):
     """-d on a job that works, then one that fails mid-epoch: the secret is never printed."""
     bucket, _ = buckets.get(moto_s3)
@@ -476,6 +510,55 @@ def test_objects_are_fetched_ahead_in_parallel(moto_s3, buckets, s3_jobs, fault_
     wait_until(lambda: len(later()) >= 2, 15, "GETs of two later objects while the first one is stalled")
     assert gets_of(proxy, bucket, first)[0].body_bytes == 0, "the stall had already ended"
     assert job.proc.alive(), job.proc.stderr
+
+
+@pytest.mark.parametrize("ranges", ["never", "always"])
+def test_a_large_object_as_one_stream_or_as_ranges(moto_s3, buckets, s3_jobs, fault_proxy, ranges):
+    """SAGEMAKER_PIPE_S3_RANGES=never (what `auto` picks for a server that answers within 5 ms):
+    each object is one GET with no Range; always: a large object is ranged GETs of PART bytes.
+    Either way the bytes are exact, and a broken whole-object body resumes from the byte reached."""
+    bucket, _ = buckets.get(moto_s3)
+    proxy = fault_proxy(moto_s3)
+    rule = proxy.cut_after(300_001, method="GET", path_regex=key_regex(bucket, "mid/b.bin"))
+    reads = s3_jobs.run(moto_s3, [s3_channel("train", f"s3://{bucket}/mid/")], endpoint_url=proxy.endpoint_url,
+                        env_extra={"SAGEMAKER_PIPE_S3_RANGES": ranges, "SAGEMAKER_PIPE_S3_PART_MB": "0.5"})
+    reads["train"].check(stream_of(payloads("mid/"), False), "train")
+    assert rule.hits == 1
+    gets = [r for r in gets_of(proxy, bucket, "mid/b.bin") if r.fault is None]
+    size = len(OBJECTS["mid/b.bin"])
+    if ranges == "never":
+        whole = [r for r in gets if r.range is None]
+        assert len(whole) == EPOCHS - 1 and len(gets) == EPOCHS, [(r.range, r.status) for r in gets]
+        assert_resumed_exactly(proxy, bucket, "mid/b.bin", size, "cut")
+    else:
+        assert all(r.range is not None for r in gets), [r.range for r in gets]
+        assert len(gets) >= EPOCHS * -(-size // (MIB // 2)), len(gets)
+
+
+def test_one_stream_for_a_large_object_keeps_memory_bounded(moto_s3, s3_jobs, fault_proxy, consumer):
+    """A 96 MiB object fetched as one GET while its reader stops after 1 MiB: the download waits for
+    the reader once READ_AHEAD (16 MiB here) is buffered; it neither races ahead nor fills memory."""
+    bucket = f"onestream-{uuid.uuid4().hex[:12]}"
+    client = moto_s3.client()
+    client.create_bucket(Bucket=bucket)
+    try:
+        size = 96 * MIB
+        put_objects(client, bucket, {"big/obj": blob(98, size)}, threads=1)
+        proxy = fault_proxy(moto_s3)
+        job = s3_jobs.start(moto_s3, [s3_channel("big", f"s3://{bucket}/big/")], endpoint_url=proxy.endpoint_url,
+                            read=[], epochs=1, env_extra={"SAGEMAKER_PIPE_S3_RANGES": "never",
+                                                          "SAGEMAKER_PIPE_S3_READ_AHEAD_MB": "16"})
+        cons = consumer(pattern(job.ml_root, "big"), 1, modes=f"stall:{MIB}", wait=30, timeout=40)
+        event = cons.next_line(timeout=20)
+        assert event.get("event") == "stalled", event
+        time.sleep(2.5)  # time enough to download it all, if nothing held it back
+        gets = [r for r in proxy.requests("GET") if r.path == f"/{bucket}/big/obj"]
+        assert len(gets) == 1 and gets[0].range is None, [r.range for r in gets]
+        assert gets[0].body_bytes <= 48 * MIB, f"{gets[0].body_bytes / MIB:.0f} MiB fetched of 96"
+        assert job.proc.alive()
+        assert _rss(job.proc.pid) < 150 * MIB
+    finally:
+        empty_and_delete_bucket(client, bucket)
 
 
 def _rss(pid: int) -> int:

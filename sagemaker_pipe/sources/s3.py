@@ -47,8 +47,14 @@ def _env_number(name: str, default: float) -> float:
 READ_AHEAD = int(_env_number("SAGEMAKER_PIPE_S3_READ_AHEAD_MB", 64) * MIB)  # per channel
 PART = int(_env_number("SAGEMAKER_PIPE_S3_PART_MB", 8) * MIB)
 THREADS = int(_env_number("SAGEMAKER_PIPE_S3_THREADS", 16))
+RANGES = os.environ.get("SAGEMAKER_PIPE_S3_RANGES", "auto").lower()  # auto, always or never
+NEAR_S = 0.005  # a server whose fastest GETs answer within this is near: one stream per object beats ranges
 READ_TIMEOUT = _env_number("SAGEMAKER_PIPE_S3_READ_TIMEOUT", 60)
 RESUMES = 5  # broken bodies resumed per part before the object is declared lost
+
+
+if RANGES not in ("auto", "always", "never"):
+    raise ConfigError(f"SAGEMAKER_PIPE_S3_RANGES must be auto, always or never (got {RANGES!r})")
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -64,6 +70,21 @@ class S3Transport:
         self._get: Any = None
         self._lock = threading.Lock()
         self._pool = _Pool(THREADS)
+        self._answers: deque[float] = deque(maxlen=64)  # seconds the last GETs took to answer
+
+    @property
+    def near(self) -> bool:
+        """Whether large objects are fetched as one stream each rather than as parallel ranges.
+
+        Parallel ranges multiply the bandwidth of a distant server (S3 gives one connection a
+        fraction of what many get); a server whose fastest recent GETs answered within NEAR_S
+        (on this host or LAN: MinIO, SeaweedFS, LocalStack) gives one stream all it has, and
+        there ranges only cost CPU. The fastest, not the average: parallel GETs queue at the
+        server, and queueing says nothing about distance. S3 itself answers in 10 ms or more.
+        """
+        if RANGES != "auto":
+            return RANGES == "never"
+        return bool(self._answers) and min(self._answers) < NEAR_S
 
     @property
     def client(self) -> Any:
@@ -161,9 +182,12 @@ class S3Transport:
             if part.ref.etag and (pos > 0 or resumes):
                 headers["If-Match"] = part.ref.etag
             try:
+                sent = time.monotonic()
                 body = self.signed_get.get(bucket, key, headers)
                 if body is None:  # an error, a redirect or throttling: botocore's to retry or word
                     body = self._get_object(part.ref.uri, bucket, key, headers)
+                else:
+                    self._answers.append(time.monotonic() - sent)
                 total = _total_size(body.headers)
                 if total != part.ref.size:
                     body.close()
@@ -250,12 +274,19 @@ class _Part:
         self.ref, self.index, self.start, self.end = ref, index, start, end
         self.cancelled = False
         self._q: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
+        self._buffered = 0  # bytes put and not yet taken
+        self._room = threading.Condition()
 
     @property
     def length(self) -> int:
         return self.end - self.start
 
     def put(self, data: bytes) -> None:
+        """Queue bytes for the reader; a part longer than READ_AHEAD (a whole object) waits for room."""
+        with self._room:
+            while self._buffered >= READ_AHEAD and not self.cancelled:
+                self._room.wait(0.1)
+            self._buffered += len(data)
         self._q.put(data)
 
     def run(self, transport: S3Transport) -> None:
@@ -275,6 +306,9 @@ class _Part:
         if isinstance(item, BaseException):
             self._q.put(item)
             raise item if isinstance(item, DataError) else DataError(f"{self.ref.uri}: {item}")
+        with self._room:
+            self._buffered -= len(item)
+            self._room.notify()
         return item
 
 
@@ -288,7 +322,8 @@ class _ReadAhead:
     def __init__(self, transport: S3Transport, refs: list[ObjectRef]) -> None:
         self.transport = transport
         self.refs = refs
-        self._todo: deque[_Part] = deque(p for i, r in enumerate(refs) for p in _split(r, i))
+        part = max([PART] + [r.size or 0 for r in refs]) if transport.near else PART  # near: whole objects
+        self._todo: deque[_Part] = deque(p for i, r in enumerate(refs) for p in _split(r, i, part))
         self._ahead: deque[_Part] = deque()  # scheduled, not yet handed to a stream
         self._held = 0
         self._lock = threading.Lock()
@@ -335,9 +370,9 @@ class _ReadAhead:
         self.transport._pool.submit(lambda: part.run(self.transport))
 
 
-def _split(ref: ObjectRef, index: int) -> list[_Part]:
+def _split(ref: ObjectRef, index: int, size: int) -> list[_Part]:
     assert ref.size is not None
-    return [_Part(ref, index, start, min(start + PART, ref.size)) for start in range(0, ref.size, PART)]
+    return [_Part(ref, index, start, min(start + size, ref.size)) for start in range(0, ref.size, size)]
 
 
 class _Pool:
