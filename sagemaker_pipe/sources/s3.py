@@ -1,9 +1,10 @@
 """S3 through boto3: listing, manifests, and an epoch's objects fetched ahead in parallel.
 
 An epoch's objects are cut into parts (one per small object, ranges of PART bytes for large
-ones) that a small pool of daemon threads fetches ahead, never holding more than READ_AHEAD
-bytes per channel. The part at the head streams as its bytes arrive, so the FIFO sees an
-object's first bytes long before the object is complete. A body that breaks mid-way is
+ones, or whole objects from a near server: S3Transport.near) that a small pool of daemon
+threads fetches ahead, never holding more than READ_AHEAD bytes per channel (a whole-object
+part waits for the reader past that). The part at the head streams as its bytes arrive, so
+the FIFO sees an object's first bytes long before the object is complete. A body that breaks mid-way is
 resumed with a Range GET from the exact byte reached (If-Match on the ETag, so the bytes all
 come from one version). Bodies are fetched by plain signed GETs (s3_get.py); anything but a
 200 or 206 is repeated through get_object, so throttling and 5xx answers are botocore's to
