@@ -322,6 +322,28 @@ def test_object_deleted_while_the_job_runs(moto_s3, s3_jobs, consumer, tmp_path)
         empty_and_delete_bucket(client, bucket)
 
 
+def test_object_replaced_by_one_of_the_same_size_while_the_job_runs(moto_s3, s3_jobs, consumer, tmp_path):
+    """Every GET carries If-Match with the listed ETag: an object overwritten after listing, even by
+    one of the same size, stops the job with exit 1 naming it instead of streaming the new bytes."""
+    bucket = f"replaced-{uuid.uuid4().hex[:12]}"
+    client = moto_s3.client()
+    client.create_bucket(Bucket=bucket)
+    objects = {"r/0": b"zero " * 100, "r/1": b"one! " * 100, "r/2": b"two! " * 100}
+    try:
+        put_objects(client, bucket, objects)
+        job = s3_jobs.start(moto_s3, [s3_channel("r", f"s3://{bucket}/r/")], read=[], epochs=3)
+        gate = tmp_path / "gate"
+        cons = consumer(pattern(job.ml_root, "r"), 3, modes="gate:10,full", gate=gate, wait=20, timeout=40)
+        assert cons.next_line(15).get("event") == "gated"
+        client.put_object(Bucket=bucket, Key="r/1", Body=b"ONE! " * 100)  # same size, other bytes
+        gate.touch()
+        job.proc.wait(30)
+        line = data_error_line(job.proc)
+        assert f"s3://{bucket}/r/1" in line and "changed" in line.lower(), line
+    finally:
+        empty_and_delete_bucket(client, bucket)
+
+
 def test_endpoint_down_is_a_planning_error(moto_s3, s3_jobs):
     (port,) = free_ports(1)  # nothing listens there
     env = s3_env(moto_s3, endpoint_url=f"http://127.0.0.1:{port}", AWS_MAX_ATTEMPTS="2")

@@ -4,11 +4,12 @@ An epoch's objects are cut into parts (one per small object, ranges of PART byte
 ones, or whole objects from a near server: S3Transport.near) that a small pool of daemon
 threads fetches ahead, never holding more than READ_AHEAD bytes per channel (a whole-object
 part waits for the reader past that). The part at the head streams as its bytes arrive, so
-the FIFO sees an object's first bytes long before the object is complete. A body that breaks mid-way is
-resumed with a Range GET from the exact byte reached (If-Match on the ETag, so the bytes all
-come from one version). Bodies are fetched by plain signed GETs (s3_get.py); anything but a
-200 or 206 is repeated through get_object, so throttling and 5xx answers are botocore's to
-retry (standard mode) and its errors are what the job reports.
+the FIFO sees an object's first bytes long before the object is complete. A body that breaks
+mid-way is resumed with a Range GET from the exact byte reached. Every GET carries If-Match
+with the listed ETag, so all bytes come from the version listed, or the job stops naming the
+object. Bodies are fetched by plain signed GETs (s3_get.py); anything but a 200 or 206 is
+repeated through get_object, so throttling and 5xx answers are botocore's to retry (standard
+mode) and its errors are what the job reports.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ class S3Transport:
             headers: dict[str, str] = {}
             if (pos, end) != (0, part.ref.size):
                 headers["Range"] = f"bytes={pos}-{end - 1}"
-            if part.ref.etag and (pos > 0 or resumes):
+            if part.ref.etag:  # the version listed, or a 412: never bytes of two versions, nor a silent swap
                 headers["If-Match"] = part.ref.etag
             try:
                 sent = time.monotonic()
@@ -408,7 +409,9 @@ def _total_size(headers: Any) -> int:
 def _describe(e: ClientError) -> str:
     err = e.response.get("Error", {})
     code = err.get("Code") or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    names = {"404": "NoSuchKey", "403": "AccessDenied", "412": "PreconditionFailed (changed while the job ran)"}
+    if str(code) in ("412", "PreconditionFailed"):  # If-Match on the listed ETag
+        return "changed while the job ran (its ETag is no longer the one listed: PreconditionFailed)"
+    names = {"404": "NoSuchKey", "403": "AccessDenied"}
     message = err.get("Message")
     code = names.get(str(code), code)
     return f"{code}: {message}" if message else str(code)
