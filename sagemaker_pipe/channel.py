@@ -92,6 +92,7 @@ class ChannelWorker:
         # units read in bulk (small files, literal bytes), by identity: epochs reorder the same units
         files = not plan.channel.gunzip
         self._bulk = {id(u): p for u in plan.units if (p := smallfiles.pieces(u, files)) is not None}
+        self._all_bulk = len(self._bulk) == len(plan.units)  # many small files: no pass looking for streams
 
     def run(self) -> None:
         """Raises Stopped on shutdown, DataError when an object cannot be streamed."""
@@ -122,7 +123,8 @@ class ChannelWorker:
         """Write the epoch's units; returns (units sent, whether the reader took them all)."""
         c = self.plan.channel
         units = self.plan.epoch(epoch)
-        refs = [p for u in units if id(u) not in self._bulk for p in u.parts if isinstance(p, ObjectRef)]
+        refs = [] if self._all_bulk else [
+            p for u in units if id(u) not in self._bulk for p in u.parts if isinstance(p, ObjectRef)]
         streams = sources.stream(refs)
         produced = self._chunks(units, streams, epoch)
         if c.gunzip:  # inflate in a helper thread, beside this thread's writes (inflated chunks are bytes, never spans)
@@ -149,9 +151,13 @@ class ChannelWorker:
         megabytes, not files; any other unit's objects are opened as streams.
         """
         c = self.plan.channel
+        bulk = self._bulk
+        if self._all_bulk:
+            yield from self._bulk_batches([bulk[id(u)] for u in units], 0, epoch)
+            yield b"", len(units)
+            return
         done = 0
         run: list[smallfiles.Pieces] = []
-        bulk = self._bulk
         for unit in units:
             pieces = bulk.get(id(unit))
             if pieces is not None:
