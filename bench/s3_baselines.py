@@ -52,18 +52,23 @@ def pool(client: Any, bucket: str, prefix: str, threads: int) -> float:
     return elapsed
 
 
-def single(client: Any, bucket: str, key: str) -> float:
-    null = os.open(os.devnull, os.O_WRONLY)
+def _get_into(client: Any, bucket: str, key: str, fd: int) -> float:
+    """Seconds one plain GET takes, its body written to fd a megabyte at a time."""
     t0 = time.perf_counter()
     body = client.get_object(Bucket=bucket, Key=key)["Body"]
-    while True:
-        data = body.read(MIB)
-        if not data:
-            break
-        os.write(null, data)
-    elapsed = time.perf_counter() - t0
-    os.close(null)
-    return elapsed
+    while data := body.read(MIB):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    return time.perf_counter() - t0
+
+
+def single(client: Any, bucket: str, key: str) -> float:
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        return _get_into(client, bucket, key, null)
+    finally:
+        os.close(null)
 
 
 def single_into_fifo(client: Any, bucket: str, key: str, path: str) -> float:
@@ -73,16 +78,7 @@ def single_into_fifo(client: Any, bucket: str, key: str, path: str) -> float:
     fd = os.open(path, os.O_WRONLY)  # blocks until the caller's reader opens it
     try:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, MIB)
-        t0 = time.perf_counter()
-        body = client.get_object(Bucket=bucket, Key=key)["Body"]
-        while True:
-            data = body.read(MIB)
-            if not data:
-                break
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        return time.perf_counter() - t0
+        return _get_into(client, bucket, key, fd)
     finally:
         os.close(fd)
 
