@@ -6,11 +6,13 @@ would make any parallel-range strategy look bad (shared/CONTAINER_TESTING.md).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -161,17 +163,32 @@ def case_s3_large(s: Settings, res: Results, s3: S3Env) -> None:
     s3.put_file("big/object.bin", path)
     path.unlink()
     epochs = s.warmup + s.reps
+    chans = [channel("train", f"s3://{BUCKET}/big/")]
+    variants = {  # the sidecar as shipped, and with each of two choices undone, to show what each buys
+        "ours": {},
+        "ranges": {"SAGEMAKER_PIPE_S3_RANGES": "always"},  # 8 MiB parallel ranges even from a near server
+        "malloc": {"MALLOC_TRIM_THRESHOLD_": "131072"},  # set by the user: malloc.py leaves glibc's defaults
+    }
+    timed = Path("/usr/bin/time").exists()  # for the page-fault counts
+    reports = {k: s.work / f"time-{k}.txt" for k in variants}
     with ExitStack() as stack:
-        side = stack.enter_context(Sidecar(s, "s3-big", [channel("train", f"s3://{BUCKET}/big/")], epochs, env=s3.env))
+        sides = {k: stack.enter_context(Sidecar(s, f"s3-big-{k}", chans, epochs, env={**s3.env, **extra},
+                                                wrap=["/usr/bin/time", "-v", "-o", str(reports[k])] if timed else []))
+                 for k, extra in variants.items()}
         base = stack.enter_context(Baselines(s3.env))
+        fns: dict[str, Callable[[int], float]] = {
+            k: functools.partial(side.read_epoch, "train") for k, side in sides.items()}
         t = repeat(s, {
-            "ours": lambda i: side.read_epoch("train", i),
+            **fns,
             "single": lambda i: base.run("single", BUCKET, "big/object.bin"),
             "transfer": lambda i: base.run("transfer", BUCKET, "big/object.bin"),
             "fifo": lambda i: base.fifo_read_seconds(s.work, BUCKET, "big/object.bin"),
         })
-        lines = side.finish()
-    check_bytes(lines, "train", size)
+        all_lines = {k: side.finish() for k, side in sides.items()}
+    for lines in all_lines.values():
+        check_bytes(lines, "train", size)
+    lines = all_lines["ours"]
+    faults = {k: minor_faults(r.read_text()) / (epochs * size / MIB) for k, r in reports.items()} if timed else {}
     res.sample("s3-large", {"bytes": size, "seconds": t})
     rate = {k: size / median(v) / 1e6 for k, v in t.items()}
     best = max(("single", "transfer"), key=lambda k: rate[k])
@@ -182,6 +199,20 @@ def case_s3_large(s: Settings, res: Results, s3: S3Env) -> None:
     res.add(Row("s3", "  same, vs a single GET -> FIFO -> cat (same sink)", rate["ours"], "MB/s",
                 f"GET->FIFO {rate['fifo']:.0f}", rate["ours"] / rate["fifo"],
                 note="what the FIFO itself costs: both sides copy every byte once more than into /dev/null"))
+    res.add(Row("s3", "  with 8 MiB ranges (SAGEMAKER_PIPE_S3_RANGES=always)", rate["ranges"], "MB/s",
+                f"{name[best]} {rate[best]:.0f}", rate["ranges"] / rate[best],
+                note="what one stream per object buys from a near server"))
+    res.add(Row("s3", "  with glibc's malloc defaults (MALLOC_TRIM_THRESHOLD_ set)", rate["malloc"], "MB/s",
+                f"{name[best]} {rate[best]:.0f}", rate["malloc"] / rate[best],
+                note=f"minor page faults per MiB streamed: {faults['malloc']:.0f}, against {faults['ours']:.1f} "
+                     "with malloc.py's settings" if faults else "no /usr/bin/time: page faults not counted"))
+
+
+def minor_faults(time_output: str) -> int:
+    m = re.search(r"Minor \(reclaiming a frame\) page faults: (\d+)", time_output)
+    if not m:
+        raise RuntimeError(f"no page-fault count in /usr/bin/time output:\n{time_output[-500:]}")
+    return int(m.group(1))
 
 
 def peak_rss_kib(time_output: str) -> int:
