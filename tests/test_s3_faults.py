@@ -291,13 +291,15 @@ def test_retries_spent_exit_1_naming_the_object(moto_s3, buckets, s3_jobs, fault
     _check_failed_epoch(job, stream_of(payloads("mid/"), False))
 
 
-def test_object_deleted_while_the_job_runs(moto_s3, s3_jobs, consumer, tmp_path):
-    """An object listed at start-up and deleted afterwards: the epoch that needs it stops the job
-    with exit 1 naming it; no epoch is served short as if complete."""
-    bucket = f"deleted-{uuid.uuid4().hex[:12]}"
+@pytest.mark.parametrize("change", ["deleted", "replaced"])
+def test_object_deleted_or_replaced_while_the_job_runs(moto_s3, s3_jobs, consumer, tmp_path, change):
+    """An object listed at start-up and then deleted, or overwritten by one of the same size (every
+    GET carries If-Match with the listed ETag): the epoch that needs it stops the job with exit 1
+    naming it; no epoch is served short, or with the new bytes, as if complete."""
+    bucket = f"{change}-{uuid.uuid4().hex[:12]}"
     client = moto_s3.client()
     client.create_bucket(Bucket=bucket)
-    objects = {"d/0": b"zero " * 100, "d/1": b"one " * 100, "d/2": b"two " * 100}
+    objects = {"d/0": b"zero " * 100, "d/1": b"one! " * 100, "d/2": b"two! " * 100}
     want = stream_of([objects[k] for k in sorted(objects)], False)
     try:
         put_objects(client, bucket, objects)
@@ -305,11 +307,16 @@ def test_object_deleted_while_the_job_runs(moto_s3, s3_jobs, consumer, tmp_path)
         gate = tmp_path / "gate"
         cons = consumer(pattern(job.ml_root, "d"), 3, modes="gate:10,full", gate=gate, wait=20, timeout=40)
         assert cons.next_line(15).get("event") == "gated"
-        client.delete_object(Bucket=bucket, Key="d/1")
+        if change == "deleted":
+            client.delete_object(Bucket=bucket, Key="d/1")
+        else:
+            client.put_object(Bucket=bucket, Key="d/1", Body=b"ONE! " * 100)  # same size, other bytes
         gate.touch()
         job.proc.wait(30)
         line = data_error_line(job.proc)
         assert f"s3://{bucket}/d/1" in line, line
+        if change == "replaced":
+            assert "changed" in line.lower(), line
         time.sleep(0.5)
         while True:
             try:
@@ -318,28 +325,6 @@ def test_object_deleted_while_the_job_runs(moto_s3, s3_jobs, consumer, tmp_path)
                 break
             if "epoch" in rec and "bytes" in rec:
                 assert rec["bytes"] < len(want) or rec["sha256"] == sha(want), rec
-    finally:
-        empty_and_delete_bucket(client, bucket)
-
-
-def test_object_replaced_by_one_of_the_same_size_while_the_job_runs(moto_s3, s3_jobs, consumer, tmp_path):
-    """Every GET carries If-Match with the listed ETag: an object overwritten after listing, even by
-    one of the same size, stops the job with exit 1 naming it instead of streaming the new bytes."""
-    bucket = f"replaced-{uuid.uuid4().hex[:12]}"
-    client = moto_s3.client()
-    client.create_bucket(Bucket=bucket)
-    objects = {"r/0": b"zero " * 100, "r/1": b"one! " * 100, "r/2": b"two! " * 100}
-    try:
-        put_objects(client, bucket, objects)
-        job = s3_jobs.start(moto_s3, [s3_channel("r", f"s3://{bucket}/r/")], read=[], epochs=3)
-        gate = tmp_path / "gate"
-        cons = consumer(pattern(job.ml_root, "r"), 3, modes="gate:10,full", gate=gate, wait=20, timeout=40)
-        assert cons.next_line(15).get("event") == "gated"
-        client.put_object(Bucket=bucket, Key="r/1", Body=b"ONE! " * 100)  # same size, other bytes
-        gate.touch()
-        job.proc.wait(30)
-        line = data_error_line(job.proc)
-        assert f"s3://{bucket}/r/1" in line and "changed" in line.lower(), line
     finally:
         empty_and_delete_bucket(client, bucket)
 
