@@ -169,7 +169,7 @@ class ChannelWorker:
                 run = []
             for part in unit.parts:
                 if isinstance(part, bytes):
-                    yield _literal(part, c.recordio, c.name), done
+                    yield (transforms.record(part, c.name) if c.recordio else part), done
                     continue
                 stream = next(streams)
                 try:
@@ -200,13 +200,6 @@ class ChannelWorker:
                 yield batch, done + k
         finally:
             batches.close()  # the helper thread is done before the caller moves on
-
-
-def _literal(data: bytes, recordio: bool, name: str) -> bytes:
-    """Literal bytes from an augmented manifest line, as one record if the channel wants RecordIO."""
-    if not recordio:
-        return data
-    return transforms.recordio_header(len(data), name) + data + transforms.recordio_padding(len(data))
 
 
 def _counted(produced: Iterator[tuple[Chunk, int]], sent: list[int]) -> Generator[Chunk, None, None]:

@@ -56,6 +56,11 @@ def recordio_padding(length: int) -> bytes:
     return _PAD[: -length % 4]
 
 
+def record(payload: bytes, name: str) -> bytes:
+    """A whole RecordIO record around literal bytes (an augmented manifest's attribute)."""
+    return recordio_header(len(payload), name) + payload + recordio_padding(len(payload))
+
+
 def object_chunks(stream: ObjectStream, gunzip: bool, recordio: bool) -> Iterator[Chunk]:
     """The bytes one object contributes to the epoch."""
     name = stream.ref.uri
