@@ -3,12 +3,12 @@
 Every chunk on its way to a FIFO is a buffer of about a megabyte, made in one thread (an S3
 download, an inflater, a small-file reader) and freed in another (the writer). glibc's
 defaults serve such sizes with fresh mmap()s or trim them off the heap once freed, so every
-4 KiB of every chunk costs a page fault and a page of zeroing: about 100,000 faults for a
-512 MiB object, which held S3 streaming near 0.65x of a plain GET. With buffers up to
-16 MiB kept on the heap and the heap trimmed only past 256 MiB free, the same run takes a
-handful of faults. One arena for all threads makes a buffer freed by the writer the next one
+4 KiB of every chunk costs a page fault and a page of zeroing (the bench's S3 case prints
+the faults per MiB and the speed with glibc's defaults beside these settings). With buffers
+up to 16 MiB kept on the heap and the heap trimmed only past 256 MiB free, freed chunks are
+used again instead. One arena for all threads makes a buffer freed by the writer the next one
 any thread gets, so what is kept stays near the peak in use, which the read-ahead bounds (the
-bench's memory case: 114 MiB, against 136 MiB before).
+bench's memory case).
 """
 
 from __future__ import annotations

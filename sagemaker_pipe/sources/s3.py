@@ -69,7 +69,7 @@ def split_uri(uri: str) -> tuple[str, str]:
 class S3Transport:
     def __init__(self) -> None:
         self._client: Any = None
-        self._get: Any = None
+        self._get: SignedGet | None = None
         self._lock = threading.Lock()
         self._pool = _Pool(THREADS)
         self._answers: deque[float] = deque(maxlen=64)  # seconds the last GETs took to answer
@@ -82,7 +82,7 @@ class S3Transport:
         fraction of what many get); a server whose fastest recent GETs answered within NEAR_S
         (on this host or LAN: MinIO, SeaweedFS, LocalStack) gives one stream all it has, and
         there ranges only cost CPU. The fastest, not the average: parallel GETs queue at the
-        server, and queueing says nothing about distance. S3 itself answers in 10 ms or more.
+        server, and queueing says nothing about distance. S3 over the internet takes tens of ms.
         """
         if RANGES != "auto":
             return RANGES == "never"
@@ -98,7 +98,8 @@ class S3Transport:
     def signed_get(self) -> SignedGet:
         """Object bodies' GETs, with the same session, config and timeouts as the client."""
         self._connect()
-        return self._get  # type: ignore[no-any-return]
+        assert self._get is not None
+        return self._get
 
     def _connect(self) -> None:
         with self._lock:

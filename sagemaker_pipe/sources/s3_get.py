@@ -1,15 +1,16 @@
 """Object bodies by plain SigV4-signed GETs, with botocore doing everything but the request itself.
 
-botocore spends about 1.5 ms of CPU per `get_object` (endpoint rules, event hooks, response
-parsing), which caps a 2-core machine near 500 small objects/s whatever the thread count.
+botocore's per-request Python work in `get_object` (endpoint rules, event hooks, response
+parsing) caps a 2-core machine near 500 small objects/s whatever the thread count (the
+bench's pool16 row).
 Here the URL prefix, signing region and service of a bucket come from one presigned URL that
 botocore resolves (so endpoints, addressing style and access points are its rules, not ours),
 credentials from botocore's chain (refreshed as they expire), and the request is signed by
 botocore's own S3 signer and sent through its own HTTP session class (proxies, CA bundle).
 
 Only a 200 or 206 is handled here. Any other answer (errors, redirects, throttling), or none
-at all, returns None, and the caller repeats the request through `get_object`, which retries, follows region
-redirects and words the error exactly as before. A bucket whose presigned URL is not plain
+at all, returns None, and the caller repeats the request through `get_object`, which retries,
+follows region redirects and words the error exactly as before. A bucket whose presigned URL is not plain
 SigV4 (anonymous access, S3 Express sessions), or that answered once with a redirect, a 400
 or a 403 (another region, a signature it does not take), takes that path from then on.
 """
