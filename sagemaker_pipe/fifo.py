@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from sagemaker_pipe.errors import DataError, Stopped
-from sagemaker_pipe.sources.base import Chunk, FileSpan
+from sagemaker_pipe.sources.base import FileSpan, PipeSpan, SinkChunk
 
 BATCH = 1 << 20  # small pieces are gathered up to this before one write()
 POLL_S = 0.1  # the longest a blocked worker goes without checking for shutdown
@@ -125,11 +125,14 @@ class FifoWriter:
         except OSError:
             pass  # over the user's pipe-buffer quota: the default size still works, only slower
 
-    def write_all(self, chunks: Iterable[Chunk]) -> None:
+    def write_all(self, chunks: Iterable[SinkChunk]) -> None:
         for c in chunks:
             if isinstance(c, FileSpan):
                 self.flush()
                 self._splice(c)
+            elif isinstance(c, PipeSpan):
+                self.flush()
+                self._splice_pipe(c)
             elif len(c) >= BATCH:
                 self.flush()
                 self._write(memoryview(c))
@@ -154,7 +157,7 @@ class FifoWriter:
         One FIONREAD per write of up to a megabyte: the cost stays far below the noise.
         """
         now = time.monotonic()
-        if struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"))[0] == 0:
+        if _pending(self.fd) == 0:
             self.starved_s += now - self._idle_since
         self._idle_since = now
 
@@ -194,6 +197,27 @@ class FifoWriter:
             self.written += n
         self._idle_since = time.monotonic()
 
+    def _splice_pipe(self, span: PipeSpan) -> None:
+        """Move the span's bytes from its pipe into the FIFO by reference (pipe to pipe: no copy)."""
+        self._account()
+        left = span.length
+        while left:
+            try:
+                n = os.splice(span.fd, self.fd, left)
+            except BlockingIOError:  # the FIFO is full, or the pipe is empty for now (either end non-blocking)
+                if _pending(span.fd):
+                    self._wait()
+                else:
+                    self._wait_readable(span.fd)
+                continue
+            except BrokenPipeError:
+                raise ReaderGone from None
+            if n == 0:
+                raise DataError(f"{span.name} ended {left} bytes early")
+            left -= n
+            self.written += n
+        self._idle_since = time.monotonic()
+
     def _copy(self, span: FileSpan, offset: int) -> None:
         end = span.offset + span.length
         while offset < end:
@@ -212,6 +236,20 @@ class FifoWriter:
         self.blocked_s += time.monotonic() - t0
         if self.stop.is_set():
             raise Stopped
+
+
+    def _wait_readable(self, fd: int) -> None:
+        """Wait for a source pipe to have bytes: production time, counted as neither side waiting."""
+        poll = select.poll()
+        poll.register(fd, select.POLLIN)
+        while not poll.poll(POLL_S * 1000):
+            if self.stop.is_set():
+                raise Stopped
+
+
+def _pending(fd: int) -> int:
+    """Bytes waiting in a pipe."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 def _short(span: FileSpan, offset: int) -> DataError:

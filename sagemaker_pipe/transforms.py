@@ -19,7 +19,7 @@ from typing import Any
 
 from sagemaker_pipe.errors import DataError, Stopped
 from sagemaker_pipe.sources import ObjectStream
-from sagemaker_pipe.sources.base import CHUNK, Chunk, FileSpan
+from sagemaker_pipe.sources.base import CHUNK, Chunk, FileSpan, PipeSpan, SinkChunk
 
 log = logging.getLogger("sagemaker_pipe")
 
@@ -137,7 +137,7 @@ def _checked(chunks: Iterator[Chunk], expected: int, name: str) -> Iterator[Chun
     """Pass chunks through, failing if they add up to anything but `expected` bytes."""
     total = 0
     for c in chunks:
-        total += c.length if isinstance(c, FileSpan) else len(c)
+        total += len(c)
         if total > expected:
             raise DataError(f"{name} grew while it was being streamed")
         yield c
@@ -156,20 +156,23 @@ class Throttle:
         self.start = time.monotonic()
         self.sent = 0
 
-    def apply(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    def apply(self, chunks: Iterator[SinkChunk]) -> Iterator[SinkChunk]:
         for c in chunks:
             for piece in _pieces(c, self.STEP):
-                self.sent += piece.length if isinstance(piece, FileSpan) else len(piece)
+                self.sent += len(piece)
                 delay = self.start + self.sent / self.rate - time.monotonic()
                 if delay > 0 and self.stop.wait(delay):
                     raise Stopped
                 yield piece
 
 
-def _pieces(c: Chunk, step: int) -> Iterator[Chunk]:
+def _pieces(c: SinkChunk, step: int) -> Iterator[SinkChunk]:
     if isinstance(c, FileSpan):
         for off in range(0, c.length, step):
             yield FileSpan(c.fd, c.offset + off, min(step, c.length - off), c.name)
+    elif isinstance(c, PipeSpan):  # a pipe gives its bytes in order: each piece is the next ones
+        for off in range(0, c.length, step):
+            yield PipeSpan(c.fd, min(step, c.length - off), c.name)
     else:
         view = memoryview(c)
         for off in range(0, len(view), step):

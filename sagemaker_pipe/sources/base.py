@@ -32,8 +32,24 @@ class FileSpan:
     length: int
     name: str  # for the error when the file turns out shorter than its span
 
+    def __len__(self) -> int:
+        return self.length
 
-Chunk = bytes | bytearray | memoryview | FileSpan
+
+@dataclass(frozen=True)
+class PipeSpan:
+    """Bytes waiting in a pipe (a reader process's answer): spliced on, never copied through Python."""
+
+    fd: int
+    length: int
+    name: str  # for the error when the pipe ends early
+
+    def __len__(self) -> int:
+        return self.length
+
+
+Chunk = bytes | bytearray | memoryview | FileSpan  # what a source gives
+SinkChunk = Chunk | PipeSpan  # what a channel gives its FIFO
 
 
 class ObjectStream(Protocol):
