@@ -8,13 +8,13 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
-from sagemaker_pipe import smallfiles, sources, transforms
+from sagemaker_pipe import readers, smallfiles, sources, transforms
 from sagemaker_pipe.ahead import ahead
 from sagemaker_pipe.fifo import FifoSet, FifoWriter, ReaderGone, open_writer
 from sagemaker_pipe.layout import Layout
 from sagemaker_pipe.plan import ChannelPlan, Unit
 from sagemaker_pipe.sources import ObjectRef, ObjectStream
-from sagemaker_pipe.sources.base import Chunk
+from sagemaker_pipe.sources.base import SinkChunk
 
 log = logging.getLogger("sagemaker_pipe")
 MIN_WAIT_S = 0.005  # waits shorter than this, in all, say nothing about either side
@@ -89,13 +89,28 @@ class ChannelWorker:
         self.epochs = epochs
         self.on_epoch = on_epoch
         self.name = plan.channel.name
-        # units read in bulk (small files, literal bytes), by identity: epochs reorder the same units
+        # units read in bulk (small files, literal bytes): their pieces, and their number in that
+        # table by identity (epochs reorder the same units)
         files = not plan.channel.gunzip
-        self._bulk = {id(u): p for u in plan.units if (p := smallfiles.pieces(u, files)) is not None}
+        self._table: list[smallfiles.Pieces] = []
+        self._bulk: dict[int, int] = {}
+        for u in plan.units:
+            if (p := smallfiles.pieces(u, files)) is not None:
+                self._bulk[id(u)] = len(self._table)
+                self._table.append(p)
         self._all_bulk = len(self._bulk) == len(plan.units)  # many small files: no pass looking for streams
+        self._readers = (readers.Readers(self._table, plan.channel.recordio, self.name, stop)
+                         if files and readers.count() else None)  # started by the first long run
 
     def run(self) -> None:
         """Raises Stopped on shutdown, DataError when an object cannot be streamed."""
+        try:
+            self._run()
+        finally:
+            if self._readers is not None:
+                self._readers.close()
+
+    def _run(self) -> None:
         path = self.layout.fifo(self.name, 0)
         epoch = 0
         while self.epochs is None or epoch < self.epochs:
@@ -144,7 +159,7 @@ class ChannelWorker:
         return sent[0], True
 
     def _chunks(self, units: list[Unit], streams: Iterator[ObjectStream],
-                epoch: int) -> Generator[tuple[Chunk, int], None, None]:
+                epoch: int) -> Generator[tuple[SinkChunk, int], None, None]:
         """The epoch's bytes, each with the count of units complete once it is written.
 
         Runs of units made only of small pieces go through smallfiles.batches, so the sink sees
@@ -157,11 +172,11 @@ class ChannelWorker:
             yield b"", len(units)
             return
         done = 0
-        run: list[smallfiles.Pieces] = []
+        run: list[int] = []
         for unit in units:
-            pieces = bulk.get(id(unit))
-            if pieces is not None:
-                run.append(pieces)
+            number = bulk.get(id(unit))
+            if number is not None:
+                run.append(number)
                 continue
             if run:
                 yield from self._bulk_batches(run, done, epoch)
@@ -184,15 +199,21 @@ class ChannelWorker:
             done += len(run)
         yield b"", done  # carries the final count
 
-    def _bulk_batches(self, run: list[smallfiles.Pieces], done: int,
-                      epoch: int) -> Generator[tuple[Chunk, int], None, None]:
-        """A run of small-piece units in megabyte batches, read by a helper thread while this one writes.
+    def _bulk_batches(self, run: list[int], done: int,
+                      epoch: int) -> Generator[tuple[SinkChunk, int], None, None]:
+        """A run of small-piece units (numbers in the table) in megabyte batches.
 
-        (A gunzip channel's whole epoch already runs in a helper thread.) Only this run goes to
-        the helper: a stream's file spans must be spliced before this thread closes their file.
+        A long run is read by reader processes (readers.py), unless each file is to be logged.
+        A short one is read by a helper thread while this one writes (a gunzip channel's whole
+        epoch already runs in one). Only this run goes to the helper: a stream's file spans
+        must be spliced before this thread closes their file.
         """
         c = self.plan.channel
-        batches = smallfiles.batches(run, c.recordio, c.name, epoch)
+        if self._readers is not None and len(run) >= readers.MIN_UNITS and not log.isEnabledFor(logging.DEBUG):
+            for chunk, k in self._readers.stream(run, epoch):
+                yield chunk, done + k
+            return
+        batches = smallfiles.batches([self._table[i] for i in run], c.recordio, c.name, epoch)
         if not c.gunzip:
             batches = ahead(batches, AHEAD)
         try:
@@ -202,7 +223,7 @@ class ChannelWorker:
             batches.close()  # the helper thread is done before the caller moves on
 
 
-def _counted(produced: Iterator[tuple[Chunk, int]], sent: list[int]) -> Generator[Chunk, None, None]:
+def _counted(produced: Iterator[tuple[SinkChunk, int]], sent: list[int]) -> Generator[SinkChunk, None, None]:
     """The chunks alone; `sent[0]` follows the units whose last byte went to the writer."""
     for chunk, done in produced:
         yield chunk

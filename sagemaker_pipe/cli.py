@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
-from sagemaker_pipe import __version__, commands, logs, malloc
+from sagemaker_pipe import __version__, commands, logs, malloc, readers
 from sagemaker_pipe.compose import compose_main
 from sagemaker_pipe.config import Channel, load_job, parse_job
 from sagemaker_pipe.errors import ConfigError, PipeError
@@ -100,6 +100,7 @@ def serve(argv: list[str], defaults: dict[str, str]) -> int:
     status_file = Path(args.status_file) if args.status_file else None
     progress_interval = _seconds(args.progress_interval, "--progress-interval", 10.0, zero=True) or 0.0
     exit_when_idle = _seconds(args.exit_when_idle, "--exit-when-idle", None)
+    readers.count()  # SAGEMAKER_PIPE_READERS, checked before anything is written
 
     if args.legacy:
         if len(args.legacy) != 3 or args.config:

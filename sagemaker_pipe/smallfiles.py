@@ -13,13 +13,16 @@ import logging
 import os
 import struct
 from collections.abc import Generator, Sequence
+from typing import TYPE_CHECKING
 
 from sagemaker_pipe.errors import DataError
 from sagemaker_pipe.fifo import BATCH
-from sagemaker_pipe.plan import Unit
 from sagemaker_pipe.sources import ObjectRef
 from sagemaker_pipe.sources.local import SMALL, is_small, read_small
 from sagemaker_pipe.transforms import MAX_RECORD, RECORDIO_MAGIC, recordio_header
+
+if TYPE_CHECKING:  # not imported at run time: reader processes (readers.py) start without config and YAML
+    from sagemaker_pipe.plan import Unit
 
 _HEADER = struct.Struct("<II")
 _PADS = (b"", b"\0\0\0", b"\0\0", b"\0")  # indexed by length % 4
@@ -27,7 +30,7 @@ _FLAGS = os.O_RDONLY | os.O_CLOEXEC
 log = logging.getLogger("sagemaker_pipe")
 
 
-Piece = bytes | tuple[str, int, ObjectRef]  # literal bytes, or a small file as (path, listed size, ref)
+Piece = bytes | tuple[str, int]  # literal bytes, or a small file as (path, listed size)
 Pieces = tuple[Piece, ...]  # one unit's
 
 
@@ -35,14 +38,14 @@ def pieces(unit: Unit, files: bool) -> Pieces | None:
     """The unit as pieces to read in bulk, or None if one of its parts must be streamed.
 
     Worked out once per job: in the per-file loop, unpacking a tuple costs less than reading
-    an ObjectRef's attributes.
+    an ObjectRef's attributes, and plain tuples are quick to hand to reader processes.
     """
     out: list[Piece] = []
     for p in unit.parts:
         if isinstance(p, bytes):
             out.append(p)
         elif files and is_small(p):
-            out.append((p.uri, p.size or 0, p))
+            out.append((p.uri, p.size or 0))
         else:
             return None
     return tuple(out)
@@ -66,14 +69,14 @@ def batches(units: Sequence[Pieces], recordio: bool, name: str,
                 if isinstance(piece, bytes):
                     data = piece
                 else:
-                    uri, size, ref = piece
+                    uri, size = piece
                     fd = open_(uri, _FLAGS)
                     try:
                         data = read(fd, SMALL + 1)
                     finally:
                         close(fd)
                     if len(data) != size:
-                        data = read_small(ref)
+                        data = read_small(ObjectRef(uri, uri, size))
                     if debug:
                         log.debug("channel=%s epoch=%d object=%s bytes=%d", name, epoch, uri, len(data))
                 n = len(data)

@@ -1,0 +1,196 @@
+"""Reader processes for long runs of small files, so that every core opens, reads and closes.
+
+At 4 KiB a file, most of the time goes to the kernel's open, read and close (bench: small).
+Threads cannot share that out, since each system call hands the GIL over; processes can.
+A channel's first long run of small files starts count() processes, which get the channel's
+table of small pieces once. Each order after that is a slice of unit numbers, about a
+half megabyte's worth; a reader answers on its own pipe with the slice's bytes, framed by
+smallfiles.batches as in the channel's own process, and the channel's thread splices them on
+into the FIFO without copying them (fifo.FifoWriter, PipeSpan). Orders go out round robin and
+answers are taken back in the same order, so the FIFO gets the same bytes either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from array import array
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import IO
+
+from sagemaker_pipe import smallfiles
+from sagemaker_pipe.errors import ConfigError, DataError, Stopped
+from sagemaker_pipe.fifo import BATCH, POLL_S
+from sagemaker_pipe.sources.base import PipeSpan, SinkChunk
+
+MIN_UNITS = 4096  # shorter runs are read in the channel's own process: starting readers costs more
+DEPTH = 2  # orders queued per reader, so that none waits for its next one
+ORDER_UNITS = 256  # at most: DEPTH orders (4 bytes a unit) fit the smallest pipe, so sending never waits
+ORDER_BYTES = BATCH // 2  # about, per order: half-megabyte answers through 1 MiB pipes kept both cores
+# busier than 1 MiB answers through 2 MiB pipes (measured by hand: about 0.4 s against 0.6 s an epoch)
+_ORDER = struct.Struct("<II")  # epoch, number of unit numbers that follow
+_ANSWER = struct.Struct("<?Q")  # failed, length of the bytes (or of the error message) that follow
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+@functools.cache
+def count() -> int:
+    """Reader processes per channel: SAGEMAKER_PIPE_READERS, or up to 4 for the cores this process may use."""
+    value = os.environ.get("SAGEMAKER_PIPE_READERS", "auto")
+    if value == "auto":
+        return min(4, len(os.sched_getaffinity(0)))
+    if not value.isdigit():
+        raise ConfigError(f"SAGEMAKER_PIPE_READERS must be auto or a number of processes, "
+                          f"0 to read in the channel's own process (got {value!r})")
+    return int(value)
+
+
+class Readers:
+    """One channel's reader processes: started for its first long run, kept until close()."""
+
+    def __init__(self, table: Sequence[smallfiles.Pieces], recordio: bool, name: str,
+                 stop: threading.Event) -> None:
+        self.table = table
+        self.recordio = recordio
+        self.name = name
+        self.stop = stop
+        listed = sum(len(p) if isinstance(p, bytes) else p[1] for unit in table for p in unit)
+        self.per_order = max(1, min(ORDER_UNITS, ORDER_BYTES * len(table) // max(1, listed)))
+        self._procs: list[tuple[subprocess.Popen[bytes], int]] = []  # a reader, the read end of its answers
+
+    def stream(self, run: list[int], epoch: int) -> Generator[tuple[SinkChunk, int], None, None]:
+        """The bytes of the units `run` numbers (in the table), each chunk with the units complete after it."""
+        finished = False
+        try:
+            if not self._procs:
+                self._start()
+            procs, step = self._procs, self.per_order
+            starts = range(0, len(run), step)
+            sent = 0
+            for got, start in enumerate(starts):
+                while sent < len(starts) and sent < got + DEPTH * len(procs):
+                    self._order(procs[sent % len(procs)][0], run[starts[sent]:starts[sent] + step], epoch)
+                    sent += 1
+                proc, answers = procs[got % len(procs)]
+                yield PipeSpan(answers, self._answer(proc, answers), self._label(proc)), min(start + step, len(run))
+            finished = True
+        finally:
+            if not finished:
+                self.close()  # answers still in flight: the next run starts afresh
+
+    def close(self) -> None:
+        """Stop the readers: each ends at the end of its orders, or at a write to its closed pipe."""
+        procs, self._procs = self._procs, []
+        for proc, answers in procs:
+            os.close(answers)
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # type: ignore[union-attr]
+        for proc, _ in procs:
+            try:
+                proc.wait(timeout=POLL_S * 10)
+            except subprocess.TimeoutExpired:  # stuck in a read of a hung file system
+                proc.kill()
+                proc.wait()
+
+    def _start(self) -> None:
+        code = f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); from sagemaker_pipe.readers import main; main()"
+        for _ in range(count()):
+            answers, out = os.pipe()
+            with contextlib.suppress(OSError):  # room for two answers; larger pipes measured slower
+                fcntl.fcntl(out, fcntl.F_SETPIPE_SZ, 2 * ORDER_BYTES)
+            try:
+                proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdin=subprocess.PIPE,
+                                        pass_fds=(out,))
+            except OSError as e:
+                os.close(answers)
+                raise DataError(f"cannot start a reader process for channel {self.name}: {e.strerror}") from None
+            finally:
+                os.close(out)
+            self._procs.append((proc, answers))
+        table = pickle.dumps((self.recordio, self.name, self.table), pickle.HIGHEST_PROTOCOL)
+        for proc, _ in self._procs:
+            self._send(proc, table)
+
+    def _order(self, proc: subprocess.Popen[bytes], units: list[int], epoch: int) -> None:
+        self._send(proc, _ORDER.pack(epoch, len(units)) + array("I", units).tobytes())
+
+    def _send(self, proc: subprocess.Popen[bytes], data: bytes) -> None:
+        stdin: IO[bytes] = proc.stdin  # type: ignore[assignment]
+        try:
+            stdin.write(data)
+            stdin.flush()
+        except BrokenPipeError:
+            raise DataError(f"{self._label(proc)} ended ({_exit(proc)})") from None
+
+    def _answer(self, proc: subprocess.Popen[bytes], answers: int) -> int:
+        """The length of the reader's next answer, now waiting in its pipe; a failure is raised."""
+        failed, length = _ANSWER.unpack(self._read(proc, answers, _ANSWER.size))
+        if failed:
+            raise DataError(self._read(proc, answers, length).decode(errors="replace"))
+        return length
+
+    def _read(self, proc: subprocess.Popen[bytes], fd: int, n: int) -> bytes:
+        poll = select.poll()
+        poll.register(fd, select.POLLIN)
+        data = b""
+        while len(data) < n:
+            if not poll.poll(POLL_S * 1000):
+                if self.stop.is_set():
+                    raise Stopped
+                continue
+            more = os.read(fd, n - len(data))
+            if not more:
+                raise DataError(f"{self._label(proc)} ended ({_exit(proc)})")
+            data += more
+        return data
+
+    def _label(self, proc: subprocess.Popen[bytes]) -> str:
+        return f"reader process {proc.pid} of channel {self.name}"
+
+
+def _exit(proc: subprocess.Popen[bytes]) -> str:
+    try:
+        code = proc.wait(timeout=POLL_S * 10)
+    except subprocess.TimeoutExpired:
+        return "its pipe closed"
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+
+def main() -> None:
+    """A reader process: the table from stdin, then orders until stdin ends; answers to the fd in argv."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the channel's process handles shutdown and ends us
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    out = int(sys.argv[1])
+    orders = sys.stdin.buffer
+    recordio, name, table = pickle.load(orders)
+    try:
+        while len(head := orders.read(_ORDER.size)) == _ORDER.size:
+            epoch, n = _ORDER.unpack(head)
+            units = array("I")
+            units.frombytes(orders.read(units.itemsize * n))
+            try:
+                parts = [b for b, _ in smallfiles.batches([table[i] for i in units], recordio, name, epoch)]
+            except DataError as e:
+                message = str(e).encode()
+                _write(out, [_ANSWER.pack(True, len(message)), message])
+                return
+            _write(out, [_ANSWER.pack(False, sum(map(len, parts))), *parts])
+    except BrokenPipeError:
+        pass  # the channel closed our pipe: it needs no more answers
+
+
+def _write(fd: int, parts: list[bytes | bytearray]) -> None:
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view):]
