@@ -102,6 +102,10 @@ def case_small(s: Settings, res: Results) -> None:
             side = stack.enter_context(
                 Sidecar(s, f"small-{kind}", [channel("train", str(folder), recordio=recordio)], epochs))
             fns: dict[str, Callable[[int], float]] = {"ours": functools.partial(side.read_epoch, "train")}
+            inproc = stack.enter_context(  # with reader processes undone, to show what they buy
+                Sidecar(s, f"small-{kind}-inproc", [channel("train", str(folder), recordio=recordio)], epochs,
+                        env={"SAGEMAKER_PIPE_READERS": "0"}))
+            fns["inproc"] = functools.partial(inproc.read_epoch, "train")
             if not recordio:  # the baselines know nothing of RecordIO: run them beside the plain variant
                 orig = stack.enter_context(OriginalTool(s, "local", str(folder), epochs, name="small"))
                 fns["cat"] = lambda i: cat_many_seconds(paths)
@@ -110,7 +114,7 @@ def case_small(s: Settings, res: Results) -> None:
             t = repeat(s, fns)
             lines = side.finish()
         check_bytes(lines, "train", count * (4096 + (8 if recordio else 0)))
-        base.update({k: v for k, v in t.items() if k != "ours"})
+        base.update({k: v for k, v in t.items() if k not in ("ours", "inproc")})
         res.sample(f"small-{kind}", {"files": count, "seconds": t, "startup_s": side.startup_s})
         ours = count / median(t["ours"])
         note = where_time_went(lines, "train", s.warmup)
@@ -123,7 +127,11 @@ def case_small(s: Settings, res: Results) -> None:
                         f"copyfileobj {count / median(base['orig']):,.0f}", ours / (count / median(base["orig"]))))
             floor = count / median(base["floor"])
             res.add(Row("small", "  vs bare Python open/read/close loop (no FIFO)", ours, "files/s",
-                        f"loop {floor:,.0f}", ours / floor, note="the ceiling of any one-thread per-file loop"))
+                        f"loop {floor:,.0f}", ours / floor, note="one process; reader processes share the files out among the cores"))
+        inproc_rate = count / median(t["inproc"])
+        res.add(Row("small", f"  {kind}, read in the channel's own process (SAGEMAKER_PIPE_READERS=0)",
+                    inproc_rate, "files/s", f"readers {ours:,.0f}", inproc_rate / ours,
+                    note="what reader processes buy: one helper thread instead, as before them"))
         res.add(Row("small", f"start-up: list {count:,} files, first FIFO ({kind})", side.startup_s, "s",
                     note=f"data made in {made:.1f} s"))
 
