@@ -172,12 +172,18 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     out = int(sys.argv[1])
     orders = sys.stdin.buffer
-    recordio, name, table = pickle.load(orders)
+    try:
+        recordio, name, table = pickle.load(orders)
+    except EOFError:
+        return  # the channel's process ended before it sent the table
     try:
         while len(head := orders.read(_ORDER.size)) == _ORDER.size:
             epoch, n = _ORDER.unpack(head)
             units = array("I")
-            units.frombytes(orders.read(units.itemsize * n))
+            numbers = orders.read(units.itemsize * n)
+            if len(numbers) != units.itemsize * n:
+                return  # the channel's process ended mid-order
+            units.frombytes(numbers)
             try:
                 parts = [b for b, _ in smallfiles.batches([table[i] for i in units], recordio, name, epoch)]
             except DataError as e:
