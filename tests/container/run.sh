@@ -381,6 +381,15 @@ if [ "$images_ok" = 1 ]; then
     check "no FIFO left in the volume after the job${left:+ (left: $(echo $left))}" test -z "$left"
     compose down --volumes --timeout 5 >/dev/null 2>&1 || true
 
+    # A run of small files long enough for reader processes, inside the image as its own user.
+    if timeout 180 docker run --rm --network none -v "$HERE:/checks:ro" --entrypoint python \
+        "$SIDECAR_IMAGE" /checks/readers_check.py >"$WORK/readers-check.log" 2>&1; then
+        pass "reader processes in the image: $(tail -n1 "$WORK/readers-check.log")"
+    else
+        tail -n 20 "$WORK/readers-check.log" >&2
+        fail "reader processes in the image: a long run of small files is byte-exact"
+    fi
+
     # The same under run-time uids 4242 (sidecar) and 5151 (algorithm).
     run_job other-uids algorithm "$EXPECTED" -f "$HERE/compose.other-uids.yml" --
     code=$(container_exit sidecar -f "$HERE/compose.other-uids.yml")
