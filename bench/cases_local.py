@@ -127,7 +127,8 @@ def case_small(s: Settings, res: Results) -> None:
                         f"copyfileobj {count / median(base['orig']):,.0f}", ours / (count / median(base["orig"]))))
             floor = count / median(base["floor"])
             res.add(Row("small", "  vs bare Python open/read/close loop (no FIFO)", ours, "files/s",
-                        f"loop {floor:,.0f}", ours / floor, note="one process; reader processes share the files out among the cores"))
+                        f"loop {floor:,.0f}", ours / floor,
+                        note="one process; reader processes share the files out among the cores"))
         inproc_rate = count / median(t["inproc"])
         res.add(Row("small", f"  {kind}, read in the channel's own process (SAGEMAKER_PIPE_READERS=0)",
                     inproc_rate, "files/s", f"readers {ours:,.0f}", inproc_rate / ours,

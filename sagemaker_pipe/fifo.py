@@ -237,7 +237,6 @@ class FifoWriter:
         if self.stop.is_set():
             raise Stopped
 
-
     def _wait_readable(self, fd: int) -> None:
         """Wait for a source pipe to have bytes: production time, counted as neither side waiting."""
         poll = select.poll()

@@ -4,7 +4,7 @@ At 4 KiB a file, per-file Python work is the whole cost: a stream object, a spli
 write per file would spend ten system calls and a dozen allocations on four kilobytes. Here
 a file costs open, read and close; its bytes go straight into a batch of about a megabyte,
 RecordIO framing included. The channel runs this in a helper thread, so the batch before is
-written to the FIFO meanwhile.
+written to the FIFO meanwhile, or for a long run in reader processes (readers.py).
 """
 
 from __future__ import annotations
