@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import threading
@@ -162,10 +163,32 @@ class Sidecar:
             self.stop.set()
 
     def _handle_signals(self) -> None:
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            log.info("%s received: removing FIFOs and exiting", signal.Signals(signum).name)
-            self.stop.set()
+        stop_on_signals(self.stop)
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
 
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set `stop`, from a thread of their own.
+
+    A Python signal handler runs in the main thread between two bytecodes, possibly while that
+    thread holds the lock inside `stop.wait()`; setting the Event there deadlocks. So the
+    handlers do nothing, Python's C-level handler writes each signal's number to a pipe
+    (signal.set_wakeup_fd), and a watcher thread reads it and sets the Event.
+    """
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _ignore)
+
+    def watch() -> None:
+        while (got := os.read(r, 1)) and got[0] not in (signal.SIGTERM, signal.SIGINT):
+            pass
+        if got:
+            log.info("%s received: removing FIFOs and exiting", signal.Signals(got[0]).name)
+            stop.set()
+
+    threading.Thread(target=watch, name="signals", daemon=True).start()
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """The Python-level handler: the watcher thread of stop_on_signals does the work."""

@@ -316,6 +316,29 @@ def test_signal_between_epochs_after_reads(sig, tmp_path, ml_root, sidecar, cons
     assert_clean_exit(side, sig, ml_root / "input" / "data", ["alpha", "beta"])
 
 
+@pytest.mark.timeout(10)
+def test_a_signal_while_the_main_thread_holds_the_stop_lock_does_not_deadlock():
+    """The sidecar's main loop sits in stop.wait(0.1), which holds the Event's lock for a moment
+    ten times a second. A signal handled in that moment must not need the lock: the handler used
+    to call stop.set() itself, and a CI run hung there."""
+    from sagemaker_pipe.sidecar import stop_on_signals
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    wakeup = signal.set_wakeup_fd(-1)
+    stop = threading.Event()
+    try:
+        stop_on_signals(stop)
+        with stop._cond:  # type: ignore[attr-defined]  # the lock stop.wait() holds
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the Python-level handler runs in here, in this thread, with the lock held
+            assert not stop.is_set()
+        assert stop.wait(5), "the signal was lost"
+    finally:
+        signal.set_wakeup_fd(wakeup)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def test_sigterm_via_entrypoint(tmp_path, ml_root, sidecar):
     cfg, a, b = two_channel_job(tmp_path)
     side = sidecar(entrypoint=True, env_extra={"SAGEMAKER_PIPE_CONFIG": str(cfg),
