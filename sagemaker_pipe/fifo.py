@@ -215,6 +215,7 @@ class FifoWriter:
             if n == 0:
                 raise DataError(f"{span.name} ended {left} bytes early")
             left -= n
+            span.moved[0] += n
             self.written += n
         self._idle_since = time.monotonic()
 

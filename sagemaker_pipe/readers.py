@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import logging
 import os
 import pickle
 import select
@@ -41,6 +42,7 @@ ORDER_BYTES = BATCH // 2  # about, per order: half-megabyte answers through 1 Mi
 _ORDER = struct.Struct("<II")  # epoch, number of unit numbers that follow
 _ANSWER = struct.Struct("<?Q")  # failed, length of the bytes (or of the error message) that follow
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+log = logging.getLogger("sagemaker_pipe")
 
 
 @functools.cache
@@ -69,24 +71,47 @@ class Readers:
         self._procs: list[tuple[subprocess.Popen[bytes], int]] = []  # a reader, the read end of its answers
 
     def stream(self, run: list[int], epoch: int) -> Generator[tuple[SinkChunk, int], None, None]:
-        """The bytes of the units `run` numbers (in the table), each chunk with the units complete after it."""
-        finished = False
+        """The bytes of the units `run` numbers (in the table), each chunk with the units complete after it.
+
+        Closed early (the algorithm closed the FIFO), it takes the answers still in flight off the
+        pipes, so that the readers serve the next run; after a failure or on shutdown they are stopped.
+        """
+        kept = False
+        got = sent = 0
+        span: PipeSpan | None = None
         try:
             if not self._procs:
                 self._start()
             procs, step = self._procs, self.per_order
             starts = range(0, len(run), step)
-            sent = 0
             for got, start in enumerate(starts):
                 while sent < len(starts) and sent < got + DEPTH * len(procs):
                     self._order(procs[sent % len(procs)][0], run[starts[sent]:starts[sent] + step], epoch)
                     sent += 1
                 proc, answers = procs[got % len(procs)]
-                yield PipeSpan(answers, self._answer(proc, answers), self._label(proc)), min(start + step, len(run))
-            finished = True
+                span = PipeSpan(answers, self._answer(proc, answers), self._label(proc), [0])
+                yield span, min(start + step, len(run))
+            kept = True
+        except GeneratorExit:
+            kept = span is not None and self._drain(span, got, sent)
+            raise
         finally:
-            if not finished:
-                self.close()  # answers still in flight: the next run starts afresh
+            if not kept:
+                self.close()
+
+    def _drain(self, span: PipeSpan, got: int, sent: int) -> bool:
+        """Discard the rest of answer `got` (`span`) and the answers after it; False if that fails."""
+        if self.stop.is_set():
+            return False
+        procs = self._procs
+        try:
+            self._read(procs[got % len(procs)][0], span.fd, span.length - span.moved[0], keep=False)
+            for k in range(got + 1, sent):
+                proc, answers = procs[k % len(procs)]
+                self._read(proc, answers, self._answer(proc, answers), keep=False)
+        except (DataError, Stopped):
+            return False
+        return True
 
     def close(self) -> None:
         """Stop the readers: each ends at the end of its orders, or at a write to its closed pipe."""
@@ -117,6 +142,7 @@ class Readers:
             finally:
                 os.close(out)
             self._procs.append((proc, answers))
+        log.info("channel=%s reader-processes=%d started for long runs of small files", self.name, len(self._procs))
         table = pickle.dumps((self.recordio, self.name, self.table), pickle.HIGHEST_PROTOCOL)
         for proc, _ in self._procs:
             self._send(proc, table)
@@ -139,20 +165,23 @@ class Readers:
             raise DataError(self._read(proc, answers, length).decode(errors="replace"))
         return length
 
-    def _read(self, proc: subprocess.Popen[bytes], fd: int, n: int) -> bytes:
+    def _read(self, proc: subprocess.Popen[bytes], fd: int, n: int, keep: bool = True) -> bytes:
+        """n bytes from a reader's pipe (or n bytes skipped), waiting as long as it takes unless stopped."""
         poll = select.poll()
         poll.register(fd, select.POLLIN)
-        data = b""
-        while len(data) < n:
+        data = bytearray()
+        while n:
             if not poll.poll(POLL_S * 1000):
                 if self.stop.is_set():
                     raise Stopped
                 continue
-            more = os.read(fd, n - len(data))
+            more = os.read(fd, min(n, BATCH))
             if not more:
                 raise DataError(f"{self._label(proc)} ended ({_exit(proc)})")
-            data += more
-        return data
+            n -= len(more)
+            if keep:
+                data += more
+        return bytes(data)
 
     def _label(self, proc: subprocess.Popen[bytes]) -> str:
         return f"reader process {proc.pid} of channel {self.name}"

@@ -172,7 +172,7 @@ def _pieces(c: SinkChunk, step: int) -> Iterator[SinkChunk]:
             yield FileSpan(c.fd, c.offset + off, min(step, c.length - off), c.name)
     elif isinstance(c, PipeSpan):  # a pipe gives its bytes in order: each piece is the next ones
         for off in range(0, c.length, step):
-            yield PipeSpan(c.fd, min(step, c.length - off), c.name)
+            yield PipeSpan(c.fd, min(step, c.length - off), c.name, c.moved)
     else:
         view = memoryview(c)
         for off in range(0, len(view), step):

@@ -162,18 +162,24 @@ def test_a_file_changed_before_its_turn(change, tmp_path, ml_root, sidecar, cons
     assert gone(pids)
 
 
-def test_a_reader_that_closes_early_then_full_epochs(tmp_path, ml_root, sidecar, consumer):
-    """Answers in flight when the algorithm closes early are dropped with their readers; the
-    next epoch starts fresh ones and is complete."""
+@pytest.mark.parametrize("throttle", [False, True], ids=["plain", "throttled"])
+def test_early_closes_keep_the_readers_and_later_epochs_exact(throttle, tmp_path, ml_root, sidecar, consumer):
+    """Answers in flight when the algorithm closes early (mid-answer, or before the first byte) are
+    taken off the pipes, so the same readers serve the next epochs, and those are exact."""
     src = tmp_path / "src"
     small_tree(src, seed=4)
-    cfg = write_channel_file(tmp_path / "ch.yaml", [channel("train", src, RecordWrapperType="RecordIO")])
-    side = sidecar.serve(cfg, ml_root, epochs=3, env_extra={"SAGEMAKER_PIPE_READERS": "2"})
-    res = consumer(pattern(ml_root, "train"), 3, modes="partial:300000,openclose,full").results()
+    fields = {"SageMakerPipe": {"ThrottleMBps": 400}} if throttle else {}
+    cfg = write_channel_file(tmp_path / "ch.yaml", [channel("train", src, RecordWrapperType="RecordIO", **fields)])
+    side = sidecar.serve(cfg, ml_root, epochs=4, env_extra={"SAGEMAKER_PIPE_READERS": "2"})
+    res = consumer(pattern(ml_root, "train"), 4, modes="partial:300001,openclose,partial:1234567,full",
+                   out=tmp_path / "out").results()
     want = expected_stream(src, record_io=True)
-    assert res[0]["bytes"] == 300_000 and res[1]["bytes"] == 0
-    assert_epochs(res[2:], want, [2])
+    assert [r["bytes"] for r in res[:3]] == [300_001, 0, 1_234_567]
+    for r in (res[0], res[2]):
+        assert want.startswith(Path(r["out"]).read_bytes()), f"epoch {r['epoch']}: not a prefix of the data"
+    assert_epochs(res[3:], want, [3])
     assert side.wait(20) == 0, side.stderr
+    assert side.stderr.count("reader-processes=2 started") == 1, side.stderr
     assert not reader_pids(side.pid)
 
 

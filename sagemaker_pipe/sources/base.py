@@ -43,6 +43,7 @@ class PipeSpan:
     fd: int
     length: int
     name: str  # for the error when the pipe ends early
+    moved: list[int]  # [bytes the sink took], shared with the pieces a Throttle cuts: the rest is still in the pipe
 
     def __len__(self) -> int:
         return self.length
