@@ -1,13 +1,14 @@
 """Reader processes for long runs of small files, so that every core opens, reads and closes.
 
-At 4 KiB a file, most of the time goes to the kernel's open, read and close (bench: small).
-Threads cannot share that out, since each system call hands the GIL over; processes can.
-A channel's first long run of small files starts count() processes, which get the channel's
-table of small pieces once. Each order after that is a slice of unit numbers, about a
-half megabyte's worth; a reader answers on its own pipe with the slice's bytes, framed by
-smallfiles.batches as in the channel's own process, and the channel's thread splices them on
-into the FIFO without copying them (fifo.FifoWriter, PipeSpan). Orders go out round robin and
-answers are taken back in the same order, so the FIFO gets the same bytes either way.
+At 4 KiB a file, about four fifths of the time is the kernel's open, read and close (system
+against user time, measured by hand). Threads cannot share that out, since each system call
+hands the GIL over; processes can. A channel's first long run of small files starts count()
+processes, which get the channel's table of small pieces once. Each order after that is a slice
+of unit numbers, about half a megabyte's worth; a reader answers on its own pipe with the
+slice's bytes, framed by smallfiles.batches as in the channel's own process, and the channel's
+thread splices them on into the FIFO without copying them (fifo.FifoWriter, PipeSpan). Orders
+go out round robin and answers are taken back in the same order, so the FIFO gets the same
+bytes either way.
 """
 
 from __future__ import annotations
