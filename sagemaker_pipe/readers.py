@@ -51,7 +51,8 @@ def count() -> int:
     """Reader processes per channel: SAGEMAKER_PIPE_READERS, or up to 4 for the cores this process may use."""
     value = os.environ.get("SAGEMAKER_PIPE_READERS", "auto")
     if value == "auto":
-        return min(4, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return min(4, cores)
     if not value.isdigit():
         raise ConfigError(f"SAGEMAKER_PIPE_READERS must be auto or a number of processes, "
                           f"0 to read in the channel's own process (got {value!r})")
