@@ -167,10 +167,6 @@ class ChannelWorker:
         """
         c = self.plan.channel
         bulk = self._bulk
-        if self._all_bulk:
-            yield from self._bulk_batches([bulk[id(u)] for u in units], 0, epoch)
-            yield b"", len(units)
-            return
         done = 0
         run: list[int] = []
         for unit in units:

@@ -207,8 +207,8 @@ class FifoWriter:
             except BlockingIOError:  # the FIFO is full, or the pipe is empty for now (either end non-blocking)
                 if _pending(span.fd):
                     self._wait()
-                else:
-                    self._wait_readable(span.fd)
+                else:  # production time, counted as neither side waiting
+                    wait_readable(span.fd, self.stop)
                 continue
             except BrokenPipeError:
                 raise ReaderGone from None
@@ -238,13 +238,14 @@ class FifoWriter:
         if self.stop.is_set():
             raise Stopped
 
-    def _wait_readable(self, fd: int) -> None:
-        """Wait for a source pipe to have bytes: production time, counted as neither side waiting."""
-        poll = select.poll()
-        poll.register(fd, select.POLLIN)
-        while not poll.poll(POLL_S * 1000):
-            if self.stop.is_set():
-                raise Stopped
+
+def wait_readable(fd: int, stop: threading.Event) -> None:
+    """Wait until a pipe has bytes (or its writer is gone), checking for shutdown every POLL_S."""
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    while not poll.poll(POLL_S * 1000):
+        if stop.is_set():
+            raise Stopped
 
 
 def _pending(fd: int) -> int:

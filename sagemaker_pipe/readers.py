@@ -19,7 +19,6 @@ import functools
 import logging
 import os
 import pickle
-import select
 import signal
 import struct
 import subprocess
@@ -32,7 +31,7 @@ from typing import IO
 
 from sagemaker_pipe import smallfiles
 from sagemaker_pipe.errors import ConfigError, DataError, Stopped
-from sagemaker_pipe.fifo import BATCH, POLL_S
+from sagemaker_pipe.fifo import BATCH, POLL_S, wait_readable
 from sagemaker_pipe.sources.base import PipeSpan, SinkChunk
 
 MIN_UNITS = 4096  # shorter runs are read in the channel's own process: starting readers costs more
@@ -169,14 +168,9 @@ class Readers:
 
     def _read(self, proc: subprocess.Popen[bytes], fd: int, n: int, keep: bool = True) -> bytes:
         """n bytes from a reader's pipe (or n bytes skipped), waiting as long as it takes unless stopped."""
-        poll = select.poll()
-        poll.register(fd, select.POLLIN)
         data = bytearray()
         while n:
-            if not poll.poll(POLL_S * 1000):
-                if self.stop.is_set():
-                    raise Stopped
-                continue
+            wait_readable(fd, self.stop)
             more = os.read(fd, min(n, BATCH))
             if not more:
                 raise DataError(f"{self._label(proc)} ended ({_exit(proc)})")
