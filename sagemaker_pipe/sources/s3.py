@@ -31,8 +31,9 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from urllib3.exceptions import HTTPError
 
 from sagemaker_pipe.errors import ConfigError, DataError
+from sagemaker_pipe.sources import s3_crt
 from sagemaker_pipe.sources.base import CHUNK, Chunk, ObjectRef
-from sagemaker_pipe.sources.s3_get import Body, SignedGet
+from sagemaker_pipe.sources.s3_get import NOT_HERE, Body, SignedGet
 
 log = logging.getLogger("sagemaker_pipe")
 MIB = 1 << 20
@@ -53,10 +54,15 @@ RANGES = os.environ.get("SAGEMAKER_PIPE_S3_RANGES", "auto").lower()  # auto, alw
 NEAR_S = 0.005  # a server whose fastest GETs answer within this is near: one stream per object beats ranges
 READ_TIMEOUT = _env_number("SAGEMAKER_PIPE_S3_READ_TIMEOUT", 60)
 RESUMES = 5  # broken bodies resumed per part before the object is declared lost
+CRT = os.environ.get("SAGEMAKER_PIPE_S3_CRT", "auto").lower()  # auto (when awscrt is installed) or never
+# awscrt hands over a body only once it is complete: larger parts stream through s3_get.py as they arrive
+CRT_MAX = CHUNK
 
 
 if RANGES not in ("auto", "always", "never"):
     raise ConfigError(f"SAGEMAKER_PIPE_S3_RANGES must be auto, always or never (got {RANGES!r})")
+if CRT not in ("auto", "never"):
+    raise ConfigError(f"SAGEMAKER_PIPE_S3_CRT must be auto or never (got {CRT!r})")
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -70,6 +76,7 @@ class S3Transport:
     def __init__(self) -> None:
         self._client: Any = None
         self._get: SignedGet | None = None
+        self._crt: s3_crt.CrtGet | None = None
         self._lock = threading.Lock()
         self._pool = _Pool(THREADS)
         self._answers: deque[float] = deque(maxlen=64)  # seconds the last GETs took to answer
@@ -118,6 +125,10 @@ class S3Transport:
             )
             core = botocore.session.get_session()
             self._get = SignedGet(core, config, (10, READ_TIMEOUT), THREADS + 4)
+            credentials = core.get_credentials()
+            if CRT == "auto" and s3_crt.installed() and credentials is not None:
+                self._crt = s3_crt.CrtGet(self._get, credentials, core.get_config_variable("ca_bundle"),
+                                          READ_TIMEOUT, 10)
             self._client = boto3.session.Session(botocore_session=core).client("s3", config=config)
 
     def list_objects(self, uri: str) -> list[ObjectRef]:
@@ -173,17 +184,19 @@ class S3Transport:
         finally:
             ahead.cancel()
 
-    def fetch(self, part: _Part) -> None:
-        """Fill one part, resuming a broken body from the exact byte reached."""
+    def start(self, part: _Part) -> bool:
+        """Fetch a part of at most CRT_MAX bytes through awscrt, if installed and fit for its bucket: False if not."""
+        self._connect()
+        if self._crt is None or part.length > min(CRT_MAX, READ_AHEAD):  # its callbacks must never wait for room
+            return False
+        return _CrtPart(self, self._crt, part).start()
+
+    def fetch(self, part: _Part, pos: int | None = None, resumes: int = 0) -> None:
+        """Fill one part (from byte `pos` on), resuming a broken body from the exact byte reached."""
         bucket, key = split_uri(part.ref.uri)
-        pos, end = part.start, part.end
-        resumes = 0
+        pos, end = part.start if pos is None else pos, part.end
         while pos < end and not part.cancelled:
-            headers: dict[str, str] = {}
-            if (pos, end) != (0, part.ref.size):
-                headers["Range"] = f"bytes={pos}-{end - 1}"
-            if part.ref.etag:  # the version listed, or a 412: never bytes of two versions, nor a silent swap
-                headers["If-Match"] = part.ref.etag
+            headers = _headers(part, pos)
             try:
                 sent = time.monotonic()
                 body = self.signed_get.get(bucket, key, headers)
@@ -194,8 +207,7 @@ class S3Transport:
                 total = _total_size(body.headers)
                 if total != part.ref.size:
                     body.close()
-                    raise DataError(f"{part.ref.uri} is {total} bytes now, {part.ref.size} when listed; "
-                                    "it changed while the job ran")
+                    raise _changed(part.ref, total)
                 try:
                     while pos < end and not part.cancelled:
                         data = body.read(min(CHUNK, end - pos))
@@ -225,6 +237,65 @@ class S3Transport:
         except ClientError as e:
             raise DataError(f"{uri}: {_describe(e)}") from None
         return Body(response["ResponseMetadata"]["HTTPHeaders"], response["Body"])
+
+
+def _headers(part: _Part, pos: int) -> dict[str, str]:
+    """A GET's Range (unless it is the whole object) and If-Match on the listed ETag."""
+    headers: dict[str, str] = {}
+    if (pos, part.end) != (0, part.ref.size):
+        headers["Range"] = f"bytes={pos}-{part.end - 1}"
+    if part.ref.etag:  # the version listed, or a 412: never bytes of two versions, nor a silent swap
+        headers["If-Match"] = part.ref.etag
+    return headers
+
+
+class _CrtPart:
+    """One part fetched by awscrt, its bytes straight into the part from the C client's threads.
+
+    Any other outcome goes on in the pool from the byte reached: an error answer through the
+    plain path (botocore's retries and words; after a redirect, 400 or 403 the bucket is
+    botocore's), a broken or stalled body as a resume, like any other.
+    """
+
+    def __init__(self, transport: S3Transport, crt: s3_crt.CrtGet, part: _Part) -> None:
+        self.transport, self.crt, self.part = transport, crt, part
+        self.pos = part.start
+        self.answered = False
+        self.error: DataError | None = None
+        self.sent = 0.0
+
+    def start(self) -> bool:
+        bucket, key = split_uri(self.part.ref.uri)
+        self.sent = time.monotonic()
+        return self.crt.start(bucket, key, _headers(self.part, self.pos), self.headers, self.body, self.done)
+
+    def headers(self, status: int, headers: dict[str, str]) -> bool:
+        self.answered = True
+        self.transport._answers.append(time.monotonic() - self.sent)
+        total = _total_size(headers)
+        if total != self.part.ref.size:
+            self.error = _changed(self.part.ref, total)
+        return self.error is None and not self.part.cancelled
+
+    def body(self, data: bytes) -> None:
+        if self.error is None and not self.part.cancelled:
+            self.part.put(data)
+            self.pos += len(data)
+
+    def done(self, status: int | None, error: str | None) -> None:
+        part = self.part
+        if self.error is not None:
+            part.finish(self.error)
+        elif self.pos == part.end or part.cancelled:
+            part.finish()
+        else:
+            if status in NOT_HERE:
+                self.transport.signed_get.refuse(split_uri(part.ref.uri)[0])
+            resumes = 0
+            if self.answered and status in (200, 206):  # the body broke or stalled: a resume, as in fetch
+                resumes = 1
+                log.warning("%s: body broke at byte %d (%s); resuming", part.ref.uri, self.pos, error)
+            self.transport._pool.submit(lambda: part.run(self.transport, self.pos, resumes))
 
 
 class S3Stream:
@@ -292,13 +363,17 @@ class _Part:
             self._buffered += len(data)
         self._q.put(data)
 
-    def run(self, transport: S3Transport) -> None:
+    def run(self, transport: S3Transport, pos: int | None = None, resumes: int = 0) -> None:
         try:
             if not self.cancelled:
-                transport.fetch(self)
-            self._q.put(None)
+                transport.fetch(self, pos, resumes)
+            self.finish()
         except BaseException as e:  # handed to the reader, who stops the job naming the object
-            self._q.put(e)
+            self.finish(e)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """The end of the part, or the error that ended it."""
+        self._q.put(error)
 
     def get(self) -> bytes:
         """The next bytes, b"" at the end of the part; a failed download raises here."""
@@ -370,7 +445,8 @@ class _ReadAhead:
 
     def _schedule(self, part: _Part) -> None:
         self._held += part.length
-        self.transport._pool.submit(lambda: part.run(self.transport))
+        if not self.transport.start(part):
+            self.transport._pool.submit(lambda: part.run(self.transport))
 
 
 def _split(ref: ObjectRef, index: int, size: int) -> list[_Part]:
@@ -398,6 +474,10 @@ class _Pool:
     def _work(self) -> None:
         while True:
             self._tasks.get()()
+
+
+def _changed(ref: ObjectRef, total: int) -> DataError:
+    return DataError(f"{ref.uri} is {total} bytes now, {ref.size} when listed; it changed while the job ran")
 
 
 def _total_size(headers: Any) -> int:

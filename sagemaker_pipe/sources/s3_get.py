@@ -33,12 +33,12 @@ from botocore.utils import get_environ_proxies
 from sagemaker_pipe import __version__
 
 _PROBE = "sagemaker-pipe-probe"  # a key name that URL-quotes to itself
-_AGENT = f"sagemaker-pipe/{__version__} botocore/{botocore_version}"
-_NOT_HERE = (301, 307, 400, 403)  # a region redirect, or a signature this bucket does not take
+AGENT = f"sagemaker-pipe/{__version__} botocore/{botocore_version}"
+NOT_HERE = (301, 307, 400, 403)  # a region redirect, or a signature this bucket does not take
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
     """Where a bucket's keys live: `prefix + quote(key)`, signed for `region` and `service`."""
 
     prefix: str
@@ -74,16 +74,16 @@ class SignedGet:
         self._http = URLLib3Session(verify=session.get_config_variable("ca_bundle") or True, timeout=timeout,
                                     max_pool_connections=connections,
                                     proxies=get_environ_proxies(self._presigner.meta.endpoint_url))  # as botocore
-        self._targets: dict[str, _Target | None] = {}
+        self._targets: dict[str, Target | None] = {}
         self._lock = threading.Lock()
 
     def get(self, bucket: str, key: str, headers: dict[str, str]) -> Body | None:
         """The object's body, or None when `get_object` must take this request."""
-        target = self._target(bucket)
+        target = self.target(bucket)
         if target is None:
             return None
         request = AWSRequest("GET", target.prefix + quote(key, safe="/~"),
-                             headers={"User-Agent": _AGENT, **headers}, stream_output=True)
+                             headers={"User-Agent": AGENT, **headers}, stream_output=True)
         S3SigV4Auth(self._credentials.get_frozen_credentials(), target.service, target.region).add_auth(request)
         try:
             response = self._http.send(request.prepare())
@@ -92,18 +92,23 @@ class SignedGet:
         if response.status_code in (200, 206):
             return Body(response.raw.headers, response.raw)
         response.raw.close()
-        if response.status_code in _NOT_HERE:
-            with self._lock:
-                self._targets[bucket] = None  # another region or signing scheme: botocore's from now on
+        if response.status_code in NOT_HERE:
+            self.refuse(bucket)
         return None
 
-    def _target(self, bucket: str) -> _Target | None:
+    def refuse(self, bucket: str) -> None:
+        """Another region or signing scheme answered: the bucket is botocore's from now on."""
+        with self._lock:
+            self._targets[bucket] = None
+
+    def target(self, bucket: str) -> Target | None:
+        """Where the bucket's keys live, or None when only `get_object` may fetch them."""
         with self._lock:
             if bucket not in self._targets:
                 self._targets[bucket] = self._resolve(bucket)
             return self._targets[bucket]
 
-    def _resolve(self, bucket: str) -> _Target | None:
+    def _resolve(self, bucket: str) -> Target | None:
         if self._credentials is None:
             return None
         url = self._presigner.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": _PROBE})
@@ -112,4 +117,4 @@ class SignedGet:
         scope = params.get("X-Amz-Credential", [""])[0].split("/")  # key/date/region/service/aws4_request
         if params.get("X-Amz-Algorithm") != ["AWS4-HMAC-SHA256"] or len(scope) != 5 or not address.endswith(_PROBE):
             return None
-        return _Target(address[: -len(_PROBE)], scope[2], scope[3])
+        return Target(address[: -len(_PROBE)], scope[2], scope[3])

@@ -1,0 +1,169 @@
+"""Object bodies through awscrt's S3 client (AWS's C runtime, as in `boto3[crt]`), when it is installed.
+
+Why: every GET through Python (s3_get.py) costs signing, http.client and a thread handoff in
+Python; on 2 cores that held small objects well below awscrt's own rate, at about twice its CPU
+per object (docs/speed.md, "S3 against awscrt"). Here the C client signs, sends and receives on
+its own threads, and Python sees each body's bytes once, in a callback.
+
+What stays botocore's: the URL prefix and signing scope of a bucket (SignedGet.target: its
+endpoint rules, addressing style, AWS_ENDPOINT_URL_S3), the credentials (botocore's chain, asked
+again at every signing through a delegate provider, so refreshed as botocore refreshes them),
+the CA bundle (AWS_CA_BUNDLE), and every answer but a 200 or 206: the client never retries
+(retry mode NONE), it reports the status, and the caller repeats the request through the plain
+path, whose retries, region redirects and error messages are botocore's. The C client takes no
+proxy from Python, so a bucket reached through HTTP(S)_PROXY is never fetched here.
+A body that sends nothing for READ_TIMEOUT seconds is cancelled by a watchdog, like a read
+timeout on the plain path, and resumed by the caller from the byte reached.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from botocore.utils import get_environ_proxies
+
+from sagemaker_pipe.sources.s3_get import AGENT, SignedGet, Target
+
+try:
+    from awscrt import auth, http, io, s3
+except ImportError:  # an optional extra: sagemaker-pipe[crt]
+    s3 = None
+
+OnHeaders = Callable[[int, dict[str, str]], bool]  # (status, lower-case headers) -> go on?
+OnBody = Callable[[bytes], None]
+OnDone = Callable[[int | None, str | None], None]  # (status or None, error name or None)
+
+
+def installed() -> bool:
+    return s3 is not None
+
+
+class _Flight:
+    """One request in flight: when it last made progress, and how to cancel it from any thread."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self._request: Any = None
+        self._cancel = False
+        self._lock = threading.Lock()
+
+    def started(self, request: Any) -> None:
+        with self._lock:
+            self._request = request
+            if self._cancel:
+                request.cancel()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancel = True
+            if self._request is not None:
+                self._request.cancel()
+
+
+class CrtGet:
+    def __init__(self, signed: SignedGet, credentials: Any, ca_bundle: str | None, read_timeout: float,
+                 connect_timeout: float) -> None:
+        """`signed` resolves buckets, `credentials` is botocore's (refreshable) credentials object."""
+        assert s3 is not None
+        self._signed = signed
+        self._credentials = credentials
+        self._ca_bundle = ca_bundle
+        self._read_timeout = read_timeout
+        self._connect_ms = int(connect_timeout * 1000)
+        self._provider = auth.AwsCredentialsProvider.new_delegate(self._frozen)
+        self._clients: dict[str, Any] = {}  # per URL scheme
+        self._signing: dict[Target, Any] = {}
+        self._usable: dict[Target, bool] = {}
+        self._flights: set[_Flight] = set()
+        self._lock = threading.Lock()
+        self._watchdog: threading.Thread | None = None
+
+    def _frozen(self) -> Any:
+        c = self._credentials.get_frozen_credentials()  # refreshed by botocore when near expiry
+        soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=5)
+        return auth.AwsCredentials(c.access_key, c.secret_key, c.token, soon)
+
+    def start(self, bucket: str, key: str, headers: dict[str, str], on_headers: OnHeaders, on_body: OnBody,
+              on_done: OnDone) -> bool:
+        """Send the GET and return True, or return False (nothing sent) when this bucket is not for this path."""
+        target = self._signed.target(bucket)
+        if target is None or not self._can_take(target):
+            return False
+        url = urlsplit(target.prefix + quote(key, safe="/~"))
+        request = http.HttpRequest("GET", url.path, http.HttpHeaders(
+            [("Host", url.netloc), ("User-Agent", AGENT), *headers.items()]))
+        flight = _Flight()
+
+        def headers_in(status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
+            flight.last = time.monotonic()
+            if status_code in (200, 206) and not on_headers(status_code, {k.lower(): v for k, v in headers}):
+                flight.cancel()
+
+        def body_in(chunk: Any, offset: int, **_: Any) -> None:
+            flight.last = time.monotonic()
+            on_body(bytes(chunk))
+
+        def done(error: BaseException | None, status_code: int | None = None, **_: Any) -> None:
+            with self._lock:
+                self._flights.discard(flight)
+            on_done(status_code, type(error).__name__ if error is not None else None)
+
+        with self._lock:
+            self._flights.add(flight)
+            self._start_watchdog()
+        flight.started(self._client(url.scheme, target.region).make_request(
+            type=s3.S3RequestType.DEFAULT, operation_name="GetObject", request=request,
+            signing_config=self._signing[target], on_headers=headers_in, on_body=body_in, on_done=done))
+        return True
+
+    def _can_take(self, target: Target) -> bool:
+        """Plain SigV4 for `s3`, over http(s), and no proxy for its host."""
+        with self._lock:
+            usable = self._usable.get(target)
+            if usable is None:
+                usable = (target.service == "s3" and urlsplit(target.prefix).scheme in ("http", "https")
+                          and not get_environ_proxies(target.prefix))
+                self._usable[target] = usable
+                if usable:
+                    self._signing[target] = s3.create_default_s3_signing_config(
+                        region=target.region, credential_provider=self._provider)
+            return usable
+
+    def _client(self, scheme: str, region: str) -> Any:
+        with self._lock:
+            client = self._clients.get(scheme)
+            if client is None:
+                tls = None
+                if scheme == "https":
+                    options = io.TlsContextOptions()
+                    if self._ca_bundle:
+                        options.override_default_trust_store_from_path(None, self._ca_bundle)
+                    tls = io.ClientTlsContext(options).new_connection_options()
+                client = s3.S3Client(
+                    region=region, signing_config=s3.create_default_s3_signing_config(
+                        region=region, credential_provider=self._provider),
+                    tls_mode=s3.S3RequestTlsMode.ENABLED if tls else s3.S3RequestTlsMode.DISABLED,
+                    tls_connection_options=tls, connect_timeout_ms=self._connect_ms,
+                    retry_config=s3.S3RetryConfig(retry_mode=s3.S3RetryMode.NONE))
+                self._clients[scheme] = client
+            return client
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name="s3-crt-watchdog", daemon=True)
+            self._watchdog.start()
+
+    def _watch(self) -> None:
+        """Cancel any request that has made no progress for the read timeout (a stalled body)."""
+        while True:
+            time.sleep(min(1.0, self._read_timeout / 4))
+            now = time.monotonic()
+            with self._lock:
+                stalled = [f for f in self._flights if now - f.last > self._read_timeout]
+            for flight in stalled:
+                flight.cancel()
