@@ -185,10 +185,13 @@ class S3Transport:
             ahead.cancel()
 
     def start(self, part: _Part) -> bool:
-        """Fetch a part of at most CRT_MAX bytes through awscrt, if installed and fit for its bucket: False if not."""
+        """Fetch a whole object of at most CRT_MAX bytes through awscrt, if installed and fit for its bucket.
+
+        False when the part is not for awscrt: then nothing was sent.
+        """
         self._connect()
-        if self._crt is None or part.length > min(CRT_MAX, READ_AHEAD):  # its callbacks must never wait for room
-            return False
+        if self._crt is None or part.length > min(CRT_MAX, READ_AHEAD) or part.length != part.ref.size:
+            return False  # (its callbacks must never wait for room)
         return _CrtPart(self, self._crt, part).start()
 
     def fetch(self, part: _Part, pos: int | None = None, resumes: int = 0) -> None:
@@ -250,52 +253,44 @@ def _headers(part: _Part, pos: int) -> dict[str, str]:
 
 
 class _CrtPart:
-    """One part fetched by awscrt, its bytes straight into the part from the C client's threads.
+    """A whole small object fetched by awscrt, its bytes put into the part from the C client's threads.
 
-    Any other outcome goes on in the pool from the byte reached: an error answer through the
-    plain path (botocore's retries and words; after a redirect, 400 or 403 the bucket is
-    botocore's), a broken or stalled body as a resume, like any other.
+    awscrt hands the body over once complete, so a body that breaks has passed nothing on, and
+    the object is fetched again, through the plain path: so are error answers (botocore's
+    retries and words; after a redirect, 400 or 403 the bucket is botocore's). A whole-object
+    GET carries the object's length: one that differs from the listed size stops the job.
     """
 
     def __init__(self, transport: S3Transport, crt: s3_crt.CrtGet, part: _Part) -> None:
         self.transport, self.crt, self.part = transport, crt, part
-        self.pos = part.start
-        self.answered = False
-        self.error: DataError | None = None
+        self.received = 0
         self.sent = 0.0
 
     def start(self) -> bool:
         bucket, key = split_uri(self.part.ref.uri)
         self.sent = time.monotonic()
-        return self.crt.start(bucket, key, _headers(self.part, self.pos), self.headers, self.body, self.done)
-
-    def headers(self, status: int, headers: dict[str, str]) -> bool:
-        self.answered = True
-        self.transport._answers.append(time.monotonic() - self.sent)
-        total = _total_size(headers)
-        if total != self.part.ref.size:
-            self.error = _changed(self.part.ref, total)
-        return self.error is None and not self.part.cancelled
+        return self.crt.start(bucket, key, _headers(self.part, 0), self.body, self.done)
 
     def body(self, data: bytes) -> None:
-        if self.error is None and not self.part.cancelled:
+        self.received += len(data)
+        if self.received <= self.part.end and not self.part.cancelled:
             self.part.put(data)
-            self.pos += len(data)
 
     def done(self, status: int | None, error: str | None) -> None:
         part = self.part
-        if self.error is not None:
-            part.finish(self.error)
-        elif self.pos == part.end or part.cancelled:
+        if error is None and status in (200, 206):
+            self.transport._answers.append(time.monotonic() - self.sent)  # a small body: about its answer
+            part.finish(_changed(part.ref, self.received) if self.received != part.end else None)
+        elif part.cancelled:
             part.finish()
         else:
             if status in NOT_HERE:
                 self.transport.signed_get.refuse(split_uri(part.ref.uri)[0])
             resumes = 0
-            if self.answered and status in (200, 206):  # the body broke or stalled: a resume, as in fetch
+            if status in (200, 206):  # the body broke or stalled: a resume, as in fetch
                 resumes = 1
-                log.warning("%s: body broke at byte %d (%s); resuming", part.ref.uri, self.pos, error)
-            self.transport._pool.submit(lambda: part.run(self.transport, self.pos, resumes))
+                log.warning("%s: body broke (%s); fetching it again", part.ref.uri, error)
+            self.transport._pool.submit(lambda: part.run(self.transport, 0, resumes))
 
 
 class S3Stream:

@@ -18,7 +18,6 @@ timeout on the plain path, and resumed by the caller from the byte reached.
 
 from __future__ import annotations
 
-import datetime
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +33,6 @@ try:
 except ImportError:  # an optional extra: sagemaker-pipe[crt]
     s3 = None
 
-OnHeaders = Callable[[int, dict[str, str]], bool]  # (status, lower-case headers) -> go on?
 OnBody = Callable[[bytes], None]
 OnDone = Callable[[int | None, str | None], None]  # (status or None, error name or None)
 
@@ -50,10 +48,14 @@ class _Flight:
         self.last = time.monotonic()
         self._request: Any = None
         self._cancel = False
+        self._ended = False
         self._lock = threading.Lock()
 
     def started(self, request: Any) -> None:
+        """The request, once make_request returns (its callbacks may have run already)."""
         with self._lock:
+            if self._ended:
+                return
             self._request = request
             if self._cancel:
                 request.cancel()
@@ -63,6 +65,12 @@ class _Flight:
             self._cancel = True
             if self._request is not None:
                 self._request.cancel()
+
+    def ended(self) -> None:
+        """Drop the request: it holds this flight's callbacks, and they this flight, a cycle never collected."""
+        with self._lock:
+            self._request = None
+            self._ended = True
 
 
 class CrtGet:
@@ -75,6 +83,7 @@ class CrtGet:
         self._ca_bundle = ca_bundle
         self._read_timeout = read_timeout
         self._connect_ms = int(connect_timeout * 1000)
+        self._last: tuple[Any, Any] = (None, None)  # botocore's frozen credentials, and the same for awscrt
         self._provider = auth.AwsCredentialsProvider.new_delegate(self._frozen)
         self._clients: dict[str, Any] = {}  # per URL scheme
         self._signing: dict[Target, Any] = {}
@@ -84,12 +93,13 @@ class CrtGet:
         self._watchdog: threading.Thread | None = None
 
     def _frozen(self) -> Any:
-        c = self._credentials.get_frozen_credentials()  # refreshed by botocore when near expiry
-        soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=5)
-        return auth.AwsCredentials(c.access_key, c.secret_key, c.token, soon)
+        """Called at every signing: botocore's current credentials, refreshed by botocore near their expiry."""
+        frozen = self._credentials.get_frozen_credentials()
+        if frozen != self._last[0]:
+            self._last = (frozen, auth.AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token))
+        return self._last[1]
 
-    def start(self, bucket: str, key: str, headers: dict[str, str], on_headers: OnHeaders, on_body: OnBody,
-              on_done: OnDone) -> bool:
+    def start(self, bucket: str, key: str, headers: dict[str, str], on_body: OnBody, on_done: OnDone) -> bool:
         """Send the GET and return True, or return False (nothing sent) when this bucket is not for this path."""
         target = self._signed.target(bucket)
         if target is None or not self._can_take(target):
@@ -99,11 +109,6 @@ class CrtGet:
             [("Host", url.netloc), ("User-Agent", AGENT), *headers.items()]))
         flight = _Flight()
 
-        def headers_in(status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
-            flight.last = time.monotonic()
-            if status_code in (200, 206) and not on_headers(status_code, {k.lower(): v for k, v in headers}):
-                flight.cancel()
-
         def body_in(chunk: Any, offset: int, **_: Any) -> None:
             flight.last = time.monotonic()
             on_body(bytes(chunk))
@@ -111,6 +116,7 @@ class CrtGet:
         def done(error: BaseException | None, status_code: int | None = None, **_: Any) -> None:
             with self._lock:
                 self._flights.discard(flight)
+            flight.ended()
             on_done(status_code, type(error).__name__ if error is not None else None)
 
         with self._lock:
@@ -118,7 +124,7 @@ class CrtGet:
             self._start_watchdog()
         flight.started(self._client(url.scheme, target.region).make_request(
             type=s3.S3RequestType.DEFAULT, operation_name="GetObject", request=request,
-            signing_config=self._signing[target], on_headers=headers_in, on_body=body_in, on_done=done))
+            signing_config=self._signing[target], on_body=body_in, on_done=done))
         return True
 
     def _can_take(self, target: Target) -> bool:
