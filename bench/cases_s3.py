@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import data
@@ -35,7 +36,7 @@ from common import (
     check_bytes,
     median,
     ratio_row,
-    repeat,
+    repeat_cpu,
     where_time_went,
 )
 
@@ -96,25 +97,29 @@ class Baselines:
             raise RuntimeError(f"s3_baselines.py exited {self.proc.wait(10)}")
         return line
 
-    def run(self, *args: str) -> float:
+    def run(self, *args: str) -> tuple[float, float]:
+        """(seconds, CPU seconds) of one command."""
         self.send(*args)
-        return float(self._line())
+        seconds, cpu = self._line().split()
+        return float(seconds), float(cpu)
 
     def send(self, *args: str) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write((" ".join(args) + "\n").encode())
         self.proc.stdin.flush()
 
-    def fifo_read_seconds(self, work: Path, bucket: str, key: str) -> float:
-        """One GET into a fresh FIFO, timed (like the sidecar's epochs) by `cat` on the reading side."""
+    def fifo_read_seconds(self, work: Path, bucket: str, key: str) -> tuple[float, float]:
+        """One GET into a fresh FIFO, timed (like the sidecar's epochs) by `cat` on the reading side;
+        the CPU is this child's and cat's."""
         path = work / "baseline.fifo"
         path.unlink(missing_ok=True)
         os.mkfifo(path)
         self.send("fifo", bucket, key, str(path))
         seconds = cat_seconds([path])
-        self._line()  # the child's own figure, once it is done
+        cat_cpu = Procs.last_cpu
+        cpu = float(self._line().split()[1])  # the child's own figures, once it is done
         path.unlink()
-        return seconds
+        return seconds, cpu + cat_cpu
 
     def __enter__(self) -> Baselines:
         return self
@@ -123,37 +128,65 @@ class Baselines:
         Procs.stop(self.proc)
 
 
+CRT_INFLIGHT = "64"  # awscrt's S3Client with 64 GETs in flight (issue 17's baseline)
+
+
 def case_s3(s: Settings, res: Results, s3: S3Env) -> None:
-    """Target 4, both halves: many small objects, then one large one."""
-    case_s3_small(s, res, s3)
+    """Target 4, both halves: many small objects, then one large one; and issue 17's awscrt rows."""
+    case_s3_small(s, res, s3, 300 if s.quick else 1000, 64 << 10, baselines=True)
+    case_s3_small(s, res, s3, 2000 if s.quick else 10_000, 4 << 10, baselines=False)
     case_s3_large(s, res, s3)
 
 
-def case_s3_small(s: Settings, res: Results, s3: S3Env) -> None:
-    """Target 4a: 1,000 objects of 64 KiB: >= 4x the original's sequential download_fileobj loop."""
-    count = 300 if s.quick else 1000
-    size = 64 << 10
-    s3.put_many("small/", count, size)
-    uri = f"s3://{BUCKET}/small/"
+def per_1000(cpu: list[float], count: int) -> float:
+    return median(cpu) / count * 1000
+
+
+def cpu_text(ours: float, base: float, unit: str) -> str:
+    return f"{ours:.2f} / {base:.2f} s per {unit}"
+
+
+def case_s3_small(s: Settings, res: Results, s3: S3Env, count: int, size: int, baselines: bool) -> None:
+    """Target 4a: 1,000 objects of 64 KiB: >= 4x the original's sequential download_fileobj loop.
+    Issue 17: >= 1.0x awscrt's S3 client, at <= 1.5x its CPU per object (also 10,000 x 4 KiB)."""
+    prefix = f"small{size >> 10}k/"
+    s3.put_many(prefix, count, size)
+    uri = f"s3://{BUCKET}/{prefix}"
     epochs = s.warmup + s.reps
     with ExitStack() as stack:
-        side = stack.enter_context(Sidecar(s, "s3-small", [channel("train", uri)], epochs, env=s3.env))
-        orig = stack.enter_context(OriginalTool(s, "s3", uri, epochs, env=s3.env, name="s3"))
+        side = stack.enter_context(Sidecar(s, f"s3-small{size >> 10}k", [channel("train", uri)], epochs, env=s3.env))
         base = stack.enter_context(Baselines(s3.env))
-        t = repeat(s, {
-            "ours": lambda i: side.read_epoch("train", i),
-            "orig": orig.read_epoch,
-            "pool16": lambda i: base.run("pool", BUCKET, "small/", "16"),
-        })
+        fns: dict[str, Callable[[int], tuple[float, float]]] = {
+            "ours": lambda i: side.read_epoch_cpu("train", i),
+            "crt": lambda i: base.run("crt", BUCKET, prefix, CRT_INFLIGHT),
+        }
+        if baselines:
+            orig = stack.enter_context(OriginalTool(s, "s3", uri, epochs, env=s3.env, name="s3"))
+            fns["orig"] = orig.read_epoch_cpu
+            fns["pool16"] = lambda i: base.run("pool", BUCKET, prefix, "16")
+        t, cpu = repeat_cpu(s, fns)
         lines = side.finish()
     check_bytes(lines, "train", count * size)
-    res.sample("s3-small", {"objects": count, "seconds": t})
+    res.sample(f"s3-small-{size}", {"objects": count, "seconds": t, "cpu_seconds": cpu})
     rate = {k: count / median(v) for k, v in t.items()}
-    what = f"{count:,} x 64 KiB"
-    res.add(ratio_row("s3", f"{what}: FIFO -> cat", "obj/s", rate["ours"], "download_fileobj loop", rate["orig"],
-                      4.0, where_time_went(lines, "train", s.warmup)))
-    res.add(Row("s3", f"{what}: vs 16-thread get_object pool", rate["ours"], "obj/s",
-                f"pool16 {rate['pool16']:,.0f}", rate["ours"] / rate["pool16"], note="no target"))
+    per = {k: per_1000(v, count) for k, v in cpu.items()}
+    what = f"{count:,} x {size >> 10} KiB"
+    unit = "1,000 obj"
+    if baselines:
+        res.add(replace(ratio_row("s3", f"{what}: FIFO -> cat", "obj/s", rate["ours"], "download_fileobj loop",
+                                  rate["orig"], 4.0, where_time_went(lines, "train", s.warmup)),
+                        cpu=cpu_text(per["ours"], per["orig"], unit)))
+        res.add(Row("s3", f"{what}: vs 16-thread get_object pool", rate["ours"], "obj/s",
+                    f"pool16 {rate['pool16']:,.0f}", rate["ours"] / rate["pool16"], note="no target",
+                    cpu=cpu_text(per["ours"], per["pool16"], unit)))
+    res.add(replace(ratio_row("s3", f"{what}: vs awscrt S3Client, {CRT_INFLIGHT} GETs in flight", "obj/s",
+                              rate["ours"], "awscrt", rate["crt"], 1.0,
+                              "" if baselines else where_time_went(lines, "train", s.warmup)),
+                    cpu=cpu_text(per["ours"], per["crt"], unit)))
+    ratio = per["ours"] / per["crt"]
+    res.add(Row("s3", f"{what}: CPU per 1,000 objects vs awscrt", per["ours"], "s", f"awscrt {per['crt']:.3g}",
+                ratio, "<= 1.5x", ratio <= 1.5,
+                "user + system: the sidecar (all threads, children) and cat; awscrt's client process"))
 
 
 def case_s3_large(s: Settings, res: Results, s3: S3Env) -> None:
@@ -176,36 +209,46 @@ def case_s3_large(s: Settings, res: Results, s3: S3Env) -> None:
                                                 wrap=["/usr/bin/time", "-v", "-o", str(reports[k])] if timed else []))
                  for k, extra in variants.items()}
         base = stack.enter_context(Baselines(s3.env))
-        fns: dict[str, Callable[[int], float]] = {
-            k: functools.partial(side.read_epoch, "train") for k, side in sides.items()}
-        t = repeat(s, {
+        fns: dict[str, Callable[[int], tuple[float, float]]] = {
+            k: functools.partial(side.read_epoch_cpu, "train") for k, side in sides.items()}
+        t, cpu = repeat_cpu(s, {
             **fns,
             "single": lambda i: base.run("single", BUCKET, "big/object.bin"),
             "transfer": lambda i: base.run("transfer", BUCKET, "big/object.bin"),
             "fifo": lambda i: base.fifo_read_seconds(s.work, BUCKET, "big/object.bin"),
+            "crt": lambda i: base.run("crtget", BUCKET, "big/object.bin"),
         })
         all_lines = {k: side.finish() for k, side in sides.items()}
     for lines in all_lines.values():
         check_bytes(lines, "train", size)
     lines = all_lines["ours"]
     faults = {k: minor_faults(r.read_text()) / (epochs * size / MIB) for k, r in reports.items()} if timed else {}
-    res.sample("s3-large", {"bytes": size, "seconds": t})
+    res.sample("s3-large", {"bytes": size, "seconds": t, "cpu_seconds": cpu})
     rate = {k: size / median(v) / 1e6 for k, v in t.items()}
+    per = {k: median(v) / (size / 1e9) for k, v in cpu.items()}
     best = max(("single", "transfer"), key=lambda k: rate[k])
     other = "transfer" if best == "single" else "single"
     name = {"single": "single GET", "transfer": "s3transfer"}
-    res.add(ratio_row("s3", f"1 x {size // MIB} MiB: FIFO -> cat", "MB/s", rate["ours"], name[best], rate[best], 0.9,
-                      f"{name[other]} {rate[other]:.0f} MB/s; " + where_time_went(lines, "train", s.warmup)))
+    res.add(replace(ratio_row("s3", f"1 x {size // MIB} MiB: FIFO -> cat", "MB/s", rate["ours"], name[best],
+                              rate[best], 0.9,
+                              f"{name[other]} {rate[other]:.0f} MB/s; " + where_time_went(lines, "train", s.warmup)),
+                    cpu=cpu_text(per["ours"], per[best], "GB")))
+    res.add(replace(ratio_row("s3", f"1 x {size // MIB} MiB: vs awscrt S3Client (GET_OBJECT: its parallel ranges)",
+                              "MB/s", rate["ours"], "awscrt", rate["crt"], 1.5),
+                    cpu=cpu_text(per["ours"], per["crt"], "GB")))
     res.add(Row("s3", "  same, vs a single GET -> FIFO -> cat (same sink)", rate["ours"], "MB/s",
                 f"GET->FIFO {rate['fifo']:.0f}", rate["ours"] / rate["fifo"],
-                note="what the FIFO itself costs: both sides copy every byte once more than into /dev/null"))
+                note="what the FIFO itself costs: both sides copy every byte once more than into /dev/null",
+                cpu=cpu_text(per["ours"], per["fifo"], "GB")))
     res.add(Row("s3", "  with 8 MiB ranges (SAGEMAKER_PIPE_S3_RANGES=always)", rate["ranges"], "MB/s",
                 f"{name[best]} {rate[best]:.0f}", rate["ranges"] / rate[best],
-                note="what one stream per object buys from a near server"))
+                note="what one stream per object buys from a near server",
+                cpu=cpu_text(per["ranges"], per[best], "GB")))
     res.add(Row("s3", "  with glibc's malloc defaults (MALLOC_TRIM_THRESHOLD_ set)", rate["malloc"], "MB/s",
                 f"{name[best]} {rate[best]:.0f}", rate["malloc"] / rate[best],
                 note=f"minor page faults per MiB streamed: {faults['malloc']:.0f}, against {faults['ours']:.1f} "
-                     "with malloc.py's settings" if faults else "no /usr/bin/time: page faults not counted"))
+                     "with malloc.py's settings" if faults else "no /usr/bin/time: page faults not counted",
+                cpu=cpu_text(per["malloc"], per[best], "GB")))
 
 
 def minor_faults(time_output: str) -> int:

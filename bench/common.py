@@ -55,6 +55,7 @@ class Row:
     target: str = ""
     passed: bool | None = None  # None: informational, no target
     note: str = ""
+    cpu: str = ""  # CPU (user + system) per unit of work, ours beside the baseline's, where measured
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Procs:
     """Registry of the children this run started, for a guaranteed clean-up."""
 
     _live: list[subprocess.Popen[bytes]] = []
+    last_cpu = 0.0  # CPU seconds of the last timed_children's commands (and their own children)
 
     @classmethod
     def spawn(cls, cmd: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
@@ -163,8 +165,14 @@ def timed_children(cmds: Sequence[Sequence[str]], timeout: float = READ_TIMEOUT,
                 assert p.stdin is not None
                 p.stdin.write(stdin)
                 p.stdin.close()
-        codes = [p.wait() for p in procs]
+        cpu = 0.0
+        for p in procs:  # wait4: the exit and the CPU the command (and its reaped children) used
+            _, status, usage = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            cpu += usage.ru_utime + usage.ru_stime
+        codes = [p.returncode for p in procs]
         seconds = time.perf_counter() - t0
+        Procs.last_cpu = cpu
     finally:
         watchdog.cancel()
         for p in procs:
@@ -172,6 +180,28 @@ def timed_children(cmds: Sequence[Sequence[str]], timeout: float = READ_TIMEOUT,
     if any(codes):
         raise RuntimeError(f"{cmds[0][0]} exited {codes} (killed after {timeout:.0f} s?)")
     return seconds
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process, its threads and its children, live or reaped, have used."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        kids = [int(k) for t in Path(f"/proc/{pid}/task").iterdir()
+                for k in (t / "children").read_text().split()]
+    except (OSError, ValueError):
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / _TICK + sum(tree_cpu(k) for k in kids)
+
+
+def cpu_of(pid: int, read: Callable[[], float]) -> tuple[float, float]:
+    """(seconds, CPU seconds) of a read timed by `read` (a timed_children reader, e.g. `cat`) from a
+    long-lived process `pid`: that process's tree and the reader together."""
+    before = tree_cpu(pid)
+    seconds = read()
+    return seconds, tree_cpu(pid) - before + Procs.last_cpu
 
 
 def cat_seconds(paths: Sequence[str | Path], timeout: float = READ_TIMEOUT) -> float:
@@ -273,6 +303,11 @@ class Sidecar:
         wait_for(path, 60, self.proc)
         return cat_seconds([path])
 
+    def read_epoch_cpu(self, channel_name: str, epoch: int) -> tuple[float, float]:
+        """read_epoch, and the CPU seconds the sidecar (with its children) and `cat` used meanwhile."""
+        assert self.proc is not None
+        return cpu_of(self.proc.pid, lambda: self.read_epoch(channel_name, epoch))
+
     def stderr(self) -> str:
         try:
             return self.log.read_text(errors="replace")
@@ -321,6 +356,19 @@ def where_time_went(lines: list[dict[str, str]], channel_name: str, skip: int) -
     blocked = median([float(f["writer-blocked"].rstrip("%")) for f in mine])
     starved = median([float(f["reader-starved"].rstrip("%")) for f in mine])
     return f"sidecar's own figure {rate:,.0f} MB/s; writer-blocked {blocked:.0f}%, reader-starved {starved:.0f}%"
+
+
+def repeat_cpu(settings: Settings, fns: dict[str, Callable[[int], tuple[float, float]]],
+               ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """repeat() for measurements that return (seconds, CPU seconds): the two series apart."""
+    both: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
+    timed = repeat(settings, {k: (lambda i, k=k: _keep(both[k], fns[k](i))) for k in fns})
+    return timed, {k: [c for _, c in v[settings.warmup:]] for k, v in both.items()}
+
+
+def _keep(into: list[tuple[float, float]], value: tuple[float, float]) -> float:
+    into.append(value)
+    return value[0]
 
 
 def repeat(settings: Settings, fns: dict[str, Callable[[int], float]]) -> dict[str, list[float]]:
@@ -389,6 +437,11 @@ class OriginalTool:
         assert self.proc is not None
         wait_for(path, 120, self.proc)
         return cat_seconds([path])
+
+    def read_epoch_cpu(self, epoch: int) -> tuple[float, float]:
+        """read_epoch, and the CPU seconds the tool and `cat` used meanwhile."""
+        assert self.proc is not None
+        return cpu_of(self.proc.pid, lambda: self.read_epoch(epoch))
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:

@@ -100,10 +100,10 @@ def run_case(name: str, settings: Settings, results: Results, s3: cases_s3.S3Env
 
 
 def table(rows: list[Row]) -> str:
-    head = ["case", "measure", "sagemaker-pipe", "baseline", "ratio", "target", "result"]
+    head = ["case", "measure", "sagemaker-pipe", "baseline", "ratio", "target", "result", "CPU: ours / baseline's"]
     body = [[r.case, r.measure, f"{fmt(r.ours)} {r.unit}".strip(), r.baseline,
              f"{r.ratio:.2f}x" if r.ratio is not None else "", r.target,
-             {True: "PASS", False: "FAIL", None: "info"}[r.passed]] for r in rows]
+             {True: "PASS", False: "FAIL", None: "info"}[r.passed], r.cpu] for r in rows]
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -269,7 +269,10 @@ class _CrtPart:
     def start(self) -> bool:
         bucket, key = split_uri(self.part.ref.uri)
         self.sent = time.monotonic()
-        return self.crt.start(bucket, key, _headers(self.part, 0), self.body, self.done)
+        try:
+            return self.crt.start(bucket, key, _headers(self.part, 0), self.body, self.done)
+        except BotoCoreError:  # credentials that could not be refreshed: the plain path says so, naming the object
+            return False
 
     def body(self, data: bytes) -> None:
         self.received += len(data)
@@ -344,7 +347,8 @@ class _Part:
         self.cancelled = False
         self._q: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
         self._buffered = 0  # bytes put and not yet taken
-        self._room = threading.Condition()
+        # only a part longer than READ_AHEAD can fill it (a whole object from a near server)
+        self._room = threading.Condition() if end - start > READ_AHEAD else None
 
     @property
     def length(self) -> int:
@@ -352,6 +356,9 @@ class _Part:
 
     def put(self, data: bytes) -> None:
         """Queue bytes for the reader; a part longer than READ_AHEAD (a whole object) waits for room."""
+        if self._room is None:
+            self._q.put(data)
+            return
         with self._room:
             while self._buffered >= READ_AHEAD and not self.cancelled:
                 self._room.wait(0.1)
@@ -379,9 +386,10 @@ class _Part:
         if isinstance(item, BaseException):
             self._q.put(item)
             raise item if isinstance(item, DataError) else DataError(f"{self.ref.uri}: {item}")
-        with self._room:
-            self._buffered -= len(item)
-            self._room.notify()
+        if self._room is not None:
+            with self._room:
+                self._buffered -= len(item)
+                self._room.notify()
         return item
 
 

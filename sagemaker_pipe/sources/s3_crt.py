@@ -7,7 +7,7 @@ its own threads, and Python sees each body's bytes once, in a callback.
 
 What stays botocore's: the URL prefix and signing scope of a bucket (SignedGet.target: its
 endpoint rules, addressing style, AWS_ENDPOINT_URL_S3), the credentials (botocore's chain, asked
-again at every signing through a delegate provider, so refreshed as botocore refreshes them),
+for every request, so refreshed as botocore refreshes them: new keys, new signing configs),
 the CA bundle (AWS_CA_BUNDLE), and every answer but a 200 or 206: the client never retries
 (retry mode NONE), it reports the status, and the caller repeats the request through the plain
 path, whose retries, region redirects and error messages are botocore's. The C client takes no
@@ -83,30 +83,35 @@ class CrtGet:
         self._ca_bundle = ca_bundle
         self._read_timeout = read_timeout
         self._connect_ms = int(connect_timeout * 1000)
-        self._last: tuple[Any, Any] = (None, None)  # botocore's frozen credentials, and the same for awscrt
-        self._provider = auth.AwsCredentialsProvider.new_delegate(self._frozen)
+        self._frozen: Any = None  # botocore's credentials when last asked
+        self._signing: dict[Target, Any] = {}  # awscrt's signing config for them, per bucket target
         self._clients: dict[str, Any] = {}  # per URL scheme
-        self._signing: dict[Target, Any] = {}
-        self._usable: dict[Target, bool] = {}
+        self._usable: dict[Target, tuple[str, str, str] | None] = {}  # scheme, host, path prefix
         self._flights: set[_Flight] = set()
         self._lock = threading.Lock()
         self._watchdog: threading.Thread | None = None
 
-    def _frozen(self) -> Any:
-        """Called at every signing: botocore's current credentials, refreshed by botocore near their expiry."""
+    def _signing_config(self, target: Target) -> Any:
+        """Signing with botocore's credentials as they are now (it refreshes them near their expiry)."""
         frozen = self._credentials.get_frozen_credentials()
-        if frozen != self._last[0]:
-            self._last = (frozen, auth.AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token))
-        return self._last[1]
+        if frozen != self._frozen:  # new keys: every target signs with them from now on
+            self._frozen, self._signing = frozen, {}
+        config = self._signing.get(target)
+        if config is None:
+            provider = auth.AwsCredentialsProvider.new_static(frozen.access_key, frozen.secret_key, frozen.token)
+            config = self._signing[target] = s3.create_default_s3_signing_config(
+                region=target.region, credential_provider=provider)
+        return config
 
     def start(self, bucket: str, key: str, headers: dict[str, str], on_body: OnBody, on_done: OnDone) -> bool:
         """Send the GET and return True, or return False (nothing sent) when this bucket is not for this path."""
         target = self._signed.target(bucket)
-        if target is None or not self._can_take(target):
+        where = None if target is None else self._where(target)
+        if target is None or where is None:
             return False
-        url = urlsplit(target.prefix + quote(key, safe="/~"))
-        request = http.HttpRequest("GET", url.path, http.HttpHeaders(
-            [("Host", url.netloc), ("User-Agent", AGENT), *headers.items()]))
+        scheme, host, path = where
+        request = http.HttpRequest("GET", path + quote(key, safe="/~"), http.HttpHeaders(
+            [("Host", host), ("User-Agent", AGENT), *headers.items()]))
         flight = _Flight()
 
         def body_in(chunk: Any, offset: int, **_: Any) -> None:
@@ -120,44 +125,41 @@ class CrtGet:
             on_done(status_code, type(error).__name__ if error is not None else None)
 
         with self._lock:
+            client = self._client(scheme, target.region)
+            signing = self._signing_config(target)
             self._flights.add(flight)
             self._start_watchdog()
-        flight.started(self._client(url.scheme, target.region).make_request(
-            type=s3.S3RequestType.DEFAULT, operation_name="GetObject", request=request,
-            signing_config=self._signing[target], on_body=body_in, on_done=done))
+        flight.started(client.make_request(type=s3.S3RequestType.DEFAULT, operation_name="GetObject", request=request,
+                                           signing_config=signing, on_body=body_in, on_done=done))
         return True
 
-    def _can_take(self, target: Target) -> bool:
-        """Plain SigV4 for `s3`, over http(s), and no proxy for its host."""
+    def _where(self, target: Target) -> tuple[str, str, str] | None:
+        """Scheme, host and path prefix of a target fit for this path: plain SigV4 for `s3`, over
+        http(s), and no proxy for its host; else None."""
         with self._lock:
-            usable = self._usable.get(target)
-            if usable is None:
-                usable = (target.service == "s3" and urlsplit(target.prefix).scheme in ("http", "https")
-                          and not get_environ_proxies(target.prefix))
-                self._usable[target] = usable
-                if usable:
-                    self._signing[target] = s3.create_default_s3_signing_config(
-                        region=target.region, credential_provider=self._provider)
-            return usable
+            if target not in self._usable:
+                url = urlsplit(target.prefix)
+                fit = (target.service == "s3" and url.scheme in ("http", "https")
+                       and not get_environ_proxies(target.prefix))
+                self._usable[target] = (url.scheme, url.netloc, url.path) if fit else None
+            return self._usable[target]
 
     def _client(self, scheme: str, region: str) -> Any:
-        with self._lock:
-            client = self._clients.get(scheme)
-            if client is None:
-                tls = None
-                if scheme == "https":
-                    options = io.TlsContextOptions()
-                    if self._ca_bundle:
-                        options.override_default_trust_store_from_path(None, self._ca_bundle)
-                    tls = io.ClientTlsContext(options).new_connection_options()
-                client = s3.S3Client(
-                    region=region, signing_config=s3.create_default_s3_signing_config(
-                        region=region, credential_provider=self._provider),
-                    tls_mode=s3.S3RequestTlsMode.ENABLED if tls else s3.S3RequestTlsMode.DISABLED,
-                    tls_connection_options=tls, connect_timeout_ms=self._connect_ms,
-                    retry_config=s3.S3RetryConfig(retry_mode=s3.S3RetryMode.NONE))
-                self._clients[scheme] = client
-            return client
+        """One client per scheme (under the lock); each request brings its own signing config."""
+        client = self._clients.get(scheme)
+        if client is None:
+            tls = None
+            if scheme == "https":
+                options = io.TlsContextOptions()
+                if self._ca_bundle:
+                    options.override_default_trust_store_from_path(None, self._ca_bundle)
+                tls = io.ClientTlsContext(options).new_connection_options()
+            client = s3.S3Client(
+                region=region, tls_mode=s3.S3RequestTlsMode.ENABLED if tls else s3.S3RequestTlsMode.DISABLED,
+                tls_connection_options=tls, connect_timeout_ms=self._connect_ms,
+                retry_config=s3.S3RetryConfig(retry_mode=s3.S3RetryMode.NONE))
+            self._clients[scheme] = client
+        return client
 
     def _start_watchdog(self) -> None:
         if self._watchdog is None:
