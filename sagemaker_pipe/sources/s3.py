@@ -289,9 +289,8 @@ class _CrtPart:
         else:
             if status in NOT_HERE:
                 self.transport.signed_get.refuse(split_uri(part.ref.uri)[0])
-            resumes = 0
-            if status in (200, 206):  # the body broke or stalled: a resume, as in fetch
-                resumes = 1
+            resumes = 1 if status in (200, 206) else 0  # a body that broke or stalled counts, as in fetch
+            if status is None or resumes:  # no error answer: the connection failed (retried just once)
                 log.warning("%s: body broke (%s); fetching it again", part.ref.uri, error)
             self.transport._pool.submit(lambda: part.run(self.transport, 0, resumes))
 

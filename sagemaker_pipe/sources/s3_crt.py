@@ -42,35 +42,35 @@ def installed() -> bool:
 
 
 class _Flight:
-    """One request in flight: when it last made progress, and how to cancel it from any thread."""
+    """One request in flight: when it last made progress, and its one end, whichever comes first:
+    the answer, or the watchdog giving up on a stalled one (awscrt may take long to cancel)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_done: OnDone) -> None:
         self.last = time.monotonic()
+        self.on_done = on_done
+        self.lock = threading.Lock()  # held while a body is handed over, so that giving up is atomic
+        self.over = False
         self._request: Any = None
         self._cancel = False
-        self._ended = False
-        self._lock = threading.Lock()
 
     def started(self, request: Any) -> None:
         """The request, once make_request returns (its callbacks may have run already)."""
-        with self._lock:
-            if self._ended:
-                return
-            self._request = request
+        with self.lock:
             if self._cancel:
                 request.cancel()
+            elif not self.over:
+                self._request = request
 
-    def cancel(self) -> None:
-        with self._lock:
-            self._cancel = True
-            if self._request is not None:
-                self._request.cancel()
-
-    def ended(self) -> None:
-        """Drop the request: it holds this flight's callbacks, and they this flight, a cycle never collected."""
-        with self._lock:
-            self._request = None
-            self._ended = True
+    def end(self, cancel: bool = False) -> bool:
+        """True for the first end only. Drops the request: it holds this flight's callbacks, and
+        they this flight, a cycle never collected."""
+        with self.lock:
+            first, self.over = not self.over, True
+            request, self._request = self._request, None
+            self._cancel = cancel
+        if cancel and request is not None:
+            request.cancel()
+        return first
 
 
 class CrtGet:
@@ -112,18 +112,19 @@ class CrtGet:
         scheme, host, path = where
         request = http.HttpRequest("GET", path + quote(key, safe="/~"), http.HttpHeaders(
             [("Host", host), ("User-Agent", AGENT), *headers.items()]))
-        flight = _Flight()
+        flight = _Flight(on_done)
 
         def body_in(chunk: Any, offset: int, **_: Any) -> None:
             flight.last = time.monotonic()
-            on_body(bytes(chunk))
+            with flight.lock:
+                if not flight.over:
+                    on_body(bytes(chunk))
 
         def done(error: BaseException | None, status_code: int | None = None, **_: Any) -> None:
             with self._lock:
                 self._flights.discard(flight)
-            flight.ended()
-            on_done(status_code, type(error).__name__ if error is not None else None)
-
+            if flight.end():
+                on_done(status_code, None if error is None else getattr(error, "name", type(error).__name__))
         with self._lock:
             client = self._client(scheme, target.region)
             signing = self._signing_config(target)
@@ -167,11 +168,13 @@ class CrtGet:
             self._watchdog.start()
 
     def _watch(self) -> None:
-        """Cancel any request that has made no progress for the read timeout (a stalled body)."""
+        """Give up on any request that has made no progress for the read timeout (a stalled body)."""
         while True:
             time.sleep(min(1.0, self._read_timeout / 4))
             now = time.monotonic()
             with self._lock:
                 stalled = [f for f in self._flights if now - f.last > self._read_timeout]
+                self._flights.difference_update(stalled)
             for flight in stalled:
-                flight.cancel()
+                if flight.end(cancel=True):
+                    flight.on_done(None, "read timeout")
