@@ -7,9 +7,10 @@ part waits for the reader past that). The part at the head streams as its bytes 
 the FIFO sees an object's first bytes long before the object is complete. A body that breaks
 mid-way is resumed with a Range GET from the exact byte reached. Every GET carries If-Match
 with the listed ETag, so all bytes come from the version listed, or the job stops naming the
-object. Bodies are fetched by plain signed GETs (s3_get.py); anything but a 200 or 206 is
-repeated through get_object, so throttling and 5xx answers are botocore's to retry (standard
-mode) and its errors are what the job reports.
+object. Whole objects up to CRT_MAX go through awscrt's S3 client when it is installed
+(s3_crt.py: a fraction of the CPU per object), the rest by plain signed GETs (s3_get.py);
+anything but a 200 or 206 is repeated through get_object, so throttling and 5xx answers are
+botocore's to retry (standard mode) and its errors are what the job reports.
 """
 
 from __future__ import annotations
@@ -290,7 +291,7 @@ class _CrtPart:
             if status in NOT_HERE:
                 self.transport.signed_get.refuse(split_uri(part.ref.uri)[0])
             resumes = 1 if status in (200, 206) else 0  # a body that broke or stalled counts, as in fetch
-            if status is None or resumes:  # no error answer: the connection failed (retried just once)
+            if status is None or resumes:  # not an error answer: the connection broke, or the watchdog gave up
                 log.warning("%s: body broke (%s); fetching it again", part.ref.uri, error)
             self.transport._pool.submit(lambda: part.run(self.transport, 0, resumes))
 
