@@ -28,7 +28,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, base_env, channel, error_line, object_payloads, write_channel_file
+from conftest import (
+    REPO,
+    base_env,
+    channel,
+    error_line,
+    homogeneous_resources,
+    object_payloads,
+    write_channel_file,
+)
 
 DATA = REPO / "examples" / "data"
 SHARDED = DATA / "sharded" / "train"
@@ -79,7 +87,7 @@ def run_job(procs, tmp_path: Path, channels: list[dict], n: int, epochs: int = E
         assert sidecars[host].wait(20) == 0, f"{host}'s sidecar failed: {sidecars[host].stderr}"
     for host in names:  # every host's resourceconfig.json lists all hosts and names its own
         resource = json.loads((tmp_path / host / "input" / "config" / "resourceconfig.json").read_text())
-        assert resource == {"current_host": host, "hosts": names, "network_interface_name": "eth0"}
+        assert resource == homogeneous_resources(host, names)
     return {host: readers[host].stdout for host in names}
 
 
