@@ -102,9 +102,6 @@ def _describe_channel(c: Channel, layout: Layout, job: Job, plan: ChannelPlan | 
     notes = mode_notes(plan or ChannelPlan(c, ()))
     if c.distribution == "ShardedByS3Key" and len(job.receivers(c)) == 1:
         notes.append("ShardedByS3Key with one host: the host gets every unit")
-    if not out["delivered"]:
-        notes.append(f"not delivered to {job.current_host} (instance group {job.cluster.group.name}): no FIFO, "
-                     "no folder, not in its inputdataconfig.json")
     out["notes"] = notes
     return out
 
@@ -156,7 +153,10 @@ def render_plan(source: str, d: dict[str, Any]) -> str:
         row.append(("distribution", dist))
         if c["instance_groups"]:
             row.append(("groups", f"{', '.join(c['instance_groups'])} ({', '.join(receivers) or 'no hosts'})"))
-        if file_mode:
+        if not c["delivered"]:
+            sees = "nothing on this host (not in the channel's instance groups): no FIFO, no folder, not in " \
+                   "inputdataconfig.json"
+        elif file_mode:
             sees = f"{c['folder']} (a folder, filled before the algorithm starts"
             sees += f": {_count(c['host_objects'], 'files')})" if "host_objects" in c else ")"
         else:

@@ -91,12 +91,15 @@ def run_job(procs, tmp_path: Path, channels: list[dict], n: int, epochs: int = E
     return {host: readers[host].stdout for host in names}
 
 
-def shares(outputs: dict[str, str], name: str, epochs: int = EPOCHS) -> list[dict[str, list[str]]]:
-    """Per epoch: host -> the sha256 of each record it read, in order; checks each epoch line's count."""
+def shares(outputs: dict[str, str], name: str, epochs: int = EPOCHS,
+           cluster: list[str] | None = None) -> list[dict[str, list[str]]]:
+    """Per epoch: host -> the sha256 of each record it read, in order; checks each epoch line's count.
+
+    `cluster`: every host of the job, when `outputs` are only those that receive the channel."""
     per_epoch: list[dict[str, list[str]]] = [{} for _ in range(epochs)]
     for host, out in outputs.items():
         first = out.splitlines()[0]
-        assert first == f"host={host} hosts={','.join(outputs)}", first
+        assert first == f"host={host} hosts={','.join(cluster or outputs)}", first
         for epoch in range(epochs):
             records = re.findall(
                 rf"^record host={host} channel={name} epoch={epoch} index=\d+ bytes=\d+ sha256=([0-9a-f]{{64}})$",
