@@ -34,7 +34,6 @@ S3_FIELDS = {"S3Uri", "S3DataType", "S3DataDistributionType", "AttributeNames", 
 GROUP_FIELDS = {"InstanceGroupName", "InstanceType", "InstanceCount"}
 NAME_RE = re.compile(r"[A-Za-z0-9.\-_]{1,64}")
 HOST_RE = re.compile(r"[A-Za-z0-9.\-_]{1,64}")
-GROUP_NAME_RE = re.compile(r".{1,64}")  # SageMaker's InstanceGroupName: 1-64 characters, pattern `.+`
 MAX_GROUPS = 5  # ResourceConfig.InstanceGroups and S3DataSource.InstanceGroupNames: at most 5 each
 HOMOGENEOUS = "homogeneousCluster"  # SageMaker's group name for a job without InstanceGroups
 # current_instance_type without ResourceConfig.InstanceType: the toolkit's own default, in none of its
@@ -346,7 +345,7 @@ def _parse_group_names(doc: Any, where: str) -> tuple[str, ...]:
     if (
         not isinstance(doc, list)
         or not 1 <= len(doc) <= MAX_GROUPS
-        or not all(isinstance(g, str) and GROUP_NAME_RE.fullmatch(g) for g in doc)
+        or not all(_group_name(g) for g in doc)
         or len(set(doc)) != len(doc)
     ):
         raise ConfigError(f"{where}: DataSource.S3DataSource.InstanceGroupNames must be a list of 1 to {MAX_GROUPS} "
@@ -423,8 +422,8 @@ def _parse_groups(doc: Any, source: str) -> tuple[InstanceGroup, ...]:
             raise ConfigError(f"{at} must be a mapping with InstanceGroupName, InstanceType and InstanceCount")
         _no_unknown(g, GROUP_FIELDS, at, prefix="")
         name, kind, count = g.get("InstanceGroupName"), g.get("InstanceType"), g.get("InstanceCount")
-        if not isinstance(name, str) or not GROUP_NAME_RE.fullmatch(name):
-            raise ConfigError(f"{at}.InstanceGroupName must be 1 to 64 characters on one line (got {name!r})")
+        if not _group_name(name):
+            raise ConfigError(f"{at}.InstanceGroupName must be 1 to 64 printable characters (got {name!r})")
         if any(name == other.name for other in groups):
             raise ConfigError(f"{at}.InstanceGroupName {name!r} names two instance groups")
         if not isinstance(kind, str) or not kind.strip():
@@ -436,6 +435,11 @@ def _parse_groups(doc: Any, source: str) -> tuple[InstanceGroup, ...]:
     if not any(g.hosts for g in groups):
         raise ConfigError(f"{where} has no instances: give at least one group an InstanceCount above 0")
     return tuple(groups)
+
+
+def _group_name(name: Any) -> bool:
+    """SageMaker's InstanceGroupName: 1 to 64 characters (pattern `.+`); printable here, as it is shown in logs."""
+    return isinstance(name, str) and 1 <= len(name) <= 64 and name.isprintable()
 
 
 def _check_instance_groups(channels: list[Channel], cluster: Cluster, source: str) -> None:
