@@ -37,7 +37,7 @@ HOST_RE = re.compile(r"[A-Za-z0-9.\-_]{1,64}")
 MAX_GROUPS = 5  # ResourceConfig.InstanceGroups and S3DataSource.InstanceGroupNames: at most 5 each
 HOMOGENEOUS = "homogeneousCluster"  # SageMaker's group name for a job without InstanceGroups
 # current_instance_type without ResourceConfig.InstanceType: the toolkit's own default, in none of its
-# EFA or GPU instance lists (sagemaker_training/__init__.py), so no launcher switches EFA or NCCL on.
+# EFA instance lists (sagemaker_training/__init__.py), so no launcher switches EFA on (docs/instance-groups.md).
 DEFAULT_INSTANCE_TYPE = "local"
 
 
@@ -446,10 +446,10 @@ def _check_instance_groups(channels: list[Channel], cluster: Cluster, source: st
     """InstanceGroupNames name groups of the job, and are set on every channel or on none (as SageMaker checks)."""
     names = [g.name for g in cluster.groups]
     for c in channels:
+        if c.instance_groups and not cluster.heterogeneous:
+            raise ConfigError(f"channel {c.name!r}: DataSource.S3DataSource.InstanceGroupNames needs "
+                              "ResourceConfig.InstanceGroups (a heterogeneous cluster)")
         for group in c.instance_groups:
-            if not cluster.heterogeneous:
-                raise ConfigError(f"channel {c.name!r}: DataSource.S3DataSource.InstanceGroupNames needs "
-                                  "ResourceConfig.InstanceGroups (a heterogeneous cluster)")
             if group not in names:
                 raise ConfigError(f"channel {c.name!r}: DataSource.S3DataSource.InstanceGroupNames: {group!r} is not "
                                   f"an instance group of ResourceConfig.InstanceGroups ({', '.join(map(repr, names))})")
