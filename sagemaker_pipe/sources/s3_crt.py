@@ -1,8 +1,8 @@
 """Object bodies through awscrt's S3 client (AWS's C runtime, as in `boto3[crt]`), when it is installed.
 
 Why: every GET through Python (s3_get.py) costs signing, http.client and a thread handoff in
-Python; on 2 cores that held small objects well below awscrt's own rate, at about twice its CPU
-per object (docs/speed.md, "S3 against awscrt"). Here the C client signs, sends and receives on
+Python; on 2 cores that held small objects below awscrt's own rate, at 2.4-2.8x its CPU per
+object (docs/speed.md, "S3 against awscrt"). Here the C client signs, sends and receives on
 its own threads, and Python sees each body's bytes once, in a callback.
 
 What stays botocore's: the URL prefix and signing scope of a bucket (SignedGet.target: its
@@ -12,12 +12,14 @@ the CA bundle (AWS_CA_BUNDLE), and every answer but a 200 or 206: the client nev
 (retry mode NONE), it reports the status, and the caller repeats the request through the plain
 path, whose retries, region redirects and error messages are botocore's. The C client takes no
 proxy from Python, so a bucket reached through HTTP(S)_PROXY is never fetched here.
-A body that sends nothing for READ_TIMEOUT seconds is cancelled by a watchdog, like a read
-timeout on the plain path, and resumed by the caller from the byte reached.
+awscrt hands a body over only once it is complete, so only small whole objects come here; one
+not complete within READ_TIMEOUT seconds is given up by a watchdog, like a read timeout on the
+plain path, and the caller fetches it again.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +40,9 @@ OnDone = Callable[[int | None, str | None], None]  # (status or None, error name
 
 
 def installed() -> bool:
-    return s3 is not None
+    """awscrt is there, and recent enough (0.38.1) to turn its own retries off: they must stay botocore's."""
+    return (s3 is not None and hasattr(s3, "S3RetryMode")
+            and "connect_timeout_ms" in inspect.signature(s3.S3Client).parameters)
 
 
 class _Flight:
