@@ -49,7 +49,7 @@ def split_channels(channels: Sequence[Mapping[str, Any]], job_mode: str, hosts: 
         engine_doc=engine_doc,
         sdk_channels=tuple(c.name for c in job.channels if not _engine_serves(c)),
         input_data_config=input_data_config(job),
-        local_sources=tuple(sorted({c.uri for _, c in ours if not c.uri.startswith("s3://")})),
+        local_sources=tuple(sorted({_local_root(c) for _, c in ours if not c.uri.startswith("s3://")})),
         uses_s3=any(c.uri.startswith("s3://") for _, c in ours),
     )
 
@@ -58,6 +58,11 @@ def _engine_serves(channel: Any) -> bool:
     """Pipe, and the File channels the SDK's own local mode would refuse or get wrong."""
     return (channel.input_mode == "Pipe" or channel.distribution == "ShardedByS3Key"
             or channel.data_type != "S3Prefix")
+
+
+def _local_root(channel: Any) -> str:
+    """What a sidecar must see of a local channel: its folder, or a local manifest's folder (its references)."""
+    return channel.uri if channel.data_type == "S3Prefix" else str(Path(channel.uri).parent)
 
 
 def _parse(doc: dict[str, Any], hosts: Sequence[str]) -> Job:
