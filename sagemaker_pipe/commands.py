@@ -231,6 +231,8 @@ def status(argv: list[str]) -> int:
         age = time.time() - doc["updated"] if isinstance(doc.get("updated"), (int, float)) else 0.0
         ready = doc.get("ready") is True
         why = "" if ready else "config files, File-mode data or first FIFOs not all written yet"
+        if doc.get("state") == "failed":
+            why = f"a stream failed: {doc.get('error')}"
         if age > max(STALE_S, 10 * float(doc.get("interval_s") or 0)):
             ready = False
             why = f"the status file was last updated {age:.0f} s ago: is the sidecar still running?"
