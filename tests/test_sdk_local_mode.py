@@ -217,11 +217,11 @@ def test_image_pull_failure_stops_everything(sdk_job, data):
     assert "pull access denied" in output
 
 
-@pytest.mark.parametrize("sdk", ["v2", "v3"])
-def test_failed_stream_fails_the_job_never_a_clean_eof(sdk_job, tmp_path, sdk):
+@pytest.mark.parametrize("sdk,sidecar_image", [("v2", None), ("v3", None), ("v2", SIDECAR_IMAGE)])
+def test_failed_stream_fails_the_job_never_a_clean_eof(sdk_job, tmp_path, sdk, sidecar_image):
     bad = write_tree(tmp_path / "bad", {"a.gz": gzip.compress(b"A" * 5000), "b.gz": b"this is not gzip"})
     channels = [{"name": "bad", "uri": bad.as_uri(), "compression": "Gzip"}]
-    result, output, hosts = sdk_job(sdk, channels, instances=1)
+    result, output, hosts = sdk_job(sdk, channels, instances=1, sidecar_image=sidecar_image)
     assert not result["ok"], output
     assert result["type"] == "DataStreamFailed", output
     assert "b.gz" in result["message"] and "\n" not in result["message"]
