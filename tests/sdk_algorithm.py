@@ -40,6 +40,11 @@ def wait_for(path: str) -> None:
         time.sleep(0.02)
 
 
+def file_sha(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def records(data: bytes) -> list[str]:
     out, pos = [], 0
     while pos < len(data):
@@ -61,10 +66,8 @@ def main() -> None:
     got: dict = {"host": host, "hosts": resource["hosts"], "inputdataconfig": config, "pipe": {}, "files": {}}
     for name in sorted(n for n, c in config.items() if c["TrainingInputMode"] != "Pipe"):
         folder = host_path(f"/opt/ml/input/data/{name}")
-        got["files"][name] = {
-            os.path.relpath(os.path.join(d, f), folder): hashlib.sha256(open(os.path.join(d, f), "rb").read()).hexdigest()
-            for d, _, files in os.walk(folder) for f in files
-        }
+        paths = [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files]
+        got["files"][name] = {os.path.relpath(p, folder): file_sha(p) for p in paths}
     pipes = sorted(n for n, c in config.items() if c["TrainingInputMode"] == "Pipe")
     for epoch in range(epochs):
         for name in pipes:

@@ -116,7 +116,7 @@ class Up:
 
     def run(self) -> int:
         services = self.doc["services"]
-        for name, svc in services.items():
+        for svc in services.values():
             if str(svc.get("image", "")).startswith("missing/"):
                 print(f"Error response from daemon: pull access denied for {svc['image']}", flush=True)
                 return 1
@@ -144,7 +144,8 @@ class Up:
 
     def _start(self, name: str, svc: dict[str, Any]) -> None:
         for host in _mounts(svc).values():
-            os.makedirs(host, exist_ok=True) if not os.path.exists(host) else None  # as docker does for binds
+            if not os.path.exists(host):
+                os.makedirs(host)  # as docker does for a missing bind source
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FAKE_", "SAGEMAKER_PIPE_"))}
         if svc.get("image") == self.sidecar_image:
             root = self._sidecar_farm(name, svc)

@@ -1,4 +1,4 @@
-"""SDK v3 (`sagemaker-train`): `local_pipe_mode()`, inside which `ModelTrainer.train()` in LOCAL_CONTAINER mode serves Pipe.
+"""SDK v3 (`sagemaker-train`): `local_pipe_mode()`, inside which ModelTrainer.train() in LOCAL_CONTAINER mode has Pipe.
 
     with local_pipe_mode():
         trainer = ModelTrainer(training_image=..., training_mode=Mode.LOCAL_CONTAINER,
