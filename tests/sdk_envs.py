@@ -4,8 +4,10 @@
 
 The folder's name holds the pinned versions and the Python version, so a new pin gets a new venv.
 It is built under a temporary name and renamed when complete (parallel runs take a lock), and the
-install time is kept in `install-seconds` beside it. If pip fails for a network reason the tests
-skip saying so; with CI or REQUIRE_SDK_TESTS set they fail instead. Any other pip failure fails.
+install time is kept in `install-seconds` inside it. A failed install raises SdkInstallError, which
+says whether the cause looks like the network (the tests then skip, unless CI or REQUIRE_SDK_TESTS
+is set); any other pip failure fails them. `python sdk_envs.py v2` prints the venv's python
+(tests/container/run.sh uses it; exit 77 on a network failure).
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 PINS = {"v2": ["sagemaker==2.257.7"], "v3": ["sagemaker-train==1.27.0"]}
 CACHE = Path(os.environ.get("SAGEMAKER_PIPE_SDK_CACHE") or Path.home() / ".cache" / "sagemaker-pipe-tests")
 INSTALL_TIMEOUT_S = 1800
@@ -28,7 +28,14 @@ NETWORK_HINTS = ("Could not find a version", "No matching distribution", "NewCon
                  "ReadTimeoutError", "ProxyError")
 
 
-def _required() -> bool:
+class SdkInstallError(Exception):
+    def __init__(self, message: str, network: bool) -> None:
+        super().__init__(message)
+        self.network = network
+
+
+def required() -> bool:
+    """CI (or REQUIRE_SDK_TESTS) must run the SDK tests: a network failure fails them there."""
     flag = os.environ.get("REQUIRE_SDK_TESTS") or os.environ.get("CI") or ""
     return flag.strip().lower() in ("1", "true", "yes")
 
@@ -54,12 +61,19 @@ def sdk_python(kind: str) -> Path:
                              capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
         if pip.returncode != 0:
             shutil.rmtree(building, ignore_errors=True)
-            why = f"pip install {' '.join(pins)} failed: {pip.stderr.strip().splitlines()[-1:]}"
-            if any(hint in pip.stderr for hint in NETWORK_HINTS) and not _required():
-                pytest.skip(f"{why} (no network to PyPI)")
-            pytest.fail(why, pytrace=False)
+            last = (pip.stderr.strip().splitlines() or ["no output"])[-1]
+            raise SdkInstallError(f"pip install {' '.join(pins)} failed: {last}",
+                                  network=any(hint in pip.stderr for hint in NETWORK_HINTS))
         seconds = time.monotonic() - started
         (building / "install-seconds").write_text(f"{seconds:.1f}\n")
         os.rename(building, venv)
         print(f"\n[sdk_envs] installed {' '.join(pins)} in {seconds:.0f} s into {venv}", file=sys.stderr)
     return python
+
+
+if __name__ == "__main__":
+    try:
+        print(sdk_python(sys.argv[1]))
+    except SdkInstallError as e:
+        print(e, file=sys.stderr)
+        sys.exit(77 if e.network else 1)

@@ -33,7 +33,7 @@ V2_NAMES: tuple[Name, ...] = (
      ("self", "command", "additional_volumes", "additional_env_vars")),
     ("sagemaker.local.image", "_SageMakerContainer.retrieve_artifacts",
      ("self", "compose_data", "output_data_config", "job_name")),
-    ("sagemaker.local.image", "_SageMakerContainer._get_compose_cmd_prefix", ()),
+    # also _SageMakerContainer._get_compose_cmd_prefix where it exists (later 2.x; 2.82 runs `docker-compose`)
     ("sagemaker.local.image", "DOCKER_COMPOSE_FILENAME", None),
 )
 

@@ -92,8 +92,10 @@ class _PipeContainer(sdk_image._SageMakerContainer):
                             aws=aws_env(session.boto_session, getattr(session, "s3_endpoint_url", None)),
                             sidecar_image=self.sidecar_image)
         compose_file = Path(self.container_root) / sdk_image.DOCKER_COMPOSE_FILENAME
-        # _compose() extends compose_cmd_prefix in place: take the bare prefix from a fresh lookup.
-        return self.pipe.start(content, compose_file, self._get_compose_cmd_prefix())
+        # _compose() extends compose_cmd_prefix in place: take the bare prefix from a fresh lookup
+        # (SDKs before `docker compose` v2 support run plain docker-compose).
+        lookup = getattr(self, "_get_compose_cmd_prefix", lambda: ["docker-compose"])
+        return self.pipe.start(content, compose_file, lookup())
 
     def retrieve_artifacts(self, compose_data: dict, output_data_config: Any, job_name: str) -> Any:
         if self.pipe is not None:
