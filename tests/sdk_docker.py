@@ -3,6 +3,7 @@
     docker compose version                       -> a v2 version line (the SDKs look for "v2")
     docker compose -f FILE up ... --abort-on-container-exit
     docker compose -f FILE kill [SERVICE...]
+    docker compose -f FILE down ...              -> removes the named volumes
     docker images -q IMAGE                       -> nothing (no image is present)
     docker pull IMAGE                            -> fails: nothing can be pulled
 
@@ -14,7 +15,8 @@
   - an image named `missing/...` cannot be pulled: `up` fails before starting anything.
 `depends_on: {S: {condition: service_healthy}}` waits for S's health check (run for real);
 `--abort-on-container-exit` stops every service when one exits and exits with its status, as
-compose v2 does. Service pids are kept next to the compose file for `kill`.
+compose v2 does. Service pids are kept next to the compose file for `kill`; named volumes are
+folders next to it until `down`.
 """
 
 from __future__ import annotations
@@ -64,8 +66,15 @@ def main(argv: list[str]) -> int:
             return Up(compose_file).run()
         if rest[:1] == ["kill"]:
             return kill(compose_file, rest[1:])
+        if rest[:1] == ["down"]:
+            shutil.rmtree(volumes_dir(compose_file), ignore_errors=True)
+            return 0
     print(f"sdk_docker: unsupported command: docker {' '.join(argv)}", file=sys.stderr)
     return 1
+
+
+def volumes_dir(compose_file: Path) -> Path:
+    return compose_file.parent / ".fake-docker-volumes"
 
 
 def pids_file(compose_file: Path) -> Path:
@@ -96,12 +105,12 @@ def _env_dict(environment: Any) -> dict[str, str]:
     return dict(item.split("=", 1) for item in environment or [])
 
 
-def _mounts(service: dict[str, Any]) -> dict[str, str]:
-    """container path -> host path for every bind mount (the SDK writes `host:container[:mode]`)."""
+def _mounts(service: dict[str, Any], volumes: Path) -> dict[str, str]:
+    """container path -> host path for every mount (`host:container[:mode]`; a named volume is a folder)."""
     out = {}
     for volume in service.get("volumes", []):
-        host, container = volume.split(":")[:2]
-        out[container] = host
+        source, container = volume.split(":")[:2]
+        out[container] = source if source.startswith("/") else str(volumes / source)
     return out
 
 
@@ -143,7 +152,7 @@ class Up:
         return order
 
     def _start(self, name: str, svc: dict[str, Any]) -> None:
-        for host in _mounts(svc).values():
+        for host in _mounts(svc, volumes_dir(self.file)).values():
             if not os.path.exists(host):
                 os.makedirs(host)  # as docker does for a missing bind source
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FAKE_", "SAGEMAKER_PIPE_"))}
@@ -155,7 +164,7 @@ class Up:
             argv = [sys.executable, str(REPO / "entrypoint.py")]
         else:
             env.update(_env_dict(svc.get("environment")))
-            env["FAKE_MOUNTS"] = json.dumps(_mounts(svc))
+            env["FAKE_MOUNTS"] = json.dumps(_mounts(svc, volumes_dir(self.file)))
             env["FAKE_SERVICE"] = name
             argv = [sys.executable, str(ALGORITHM), *([svc["command"]] if "command" in svc else [])]
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -168,7 +177,7 @@ class Up:
     def _sidecar_farm(self, name: str, svc: dict[str, Any]) -> Path:
         """A folder standing for the container's file system: each mount a symlink, each tmpfs a folder."""
         root = self.farm / name
-        for container, host in sorted(_mounts(svc).items()):
+        for container, host in sorted(_mounts(svc, volumes_dir(self.file)).items()):
             link = root / container.lstrip("/")
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(host)

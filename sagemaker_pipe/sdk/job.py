@@ -6,12 +6,12 @@ compose file; `PipeJob.start` then, before `docker compose up`:
   - host mode: starts one engine per host on the host itself. Its ml-root is a private folder
     whose `input/data` is a link to the SDK's `<root>/<host>/input/data`, so the FIFOs land where
     the algorithm sees them and the engine's own config files never touch the SDK's;
-  - sidecar mode: adds one sagemaker-pipe service per host to the compose file, sharing that
-    data folder; the host's algorithm service waits for its health check;
+  - sidecar mode: adds one sagemaker-pipe service per host to the compose file, sharing a data
+    volume with the host's algorithm service, which waits for its health check;
   - watches for a failed data stream. On one it kills the algorithm services first, so the
     held-open FIFO never ends as a clean EOF, and the job fails with the engine's error line.
-`PipeJob.finish` (when compose returns, or anything raises) stops the engines and removes its
-own folder: nothing outlives the SDK's call.
+`PipeJob.finish` (when compose returns, or anything raises) stops the engines (sidecar mode:
+`docker compose down --volumes`) and removes its own folder: nothing outlives the SDK's call.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ READY_TIMEOUT_S = 600.0  # File-mode copies and the first FIFOs, per engine
 WATCH_INTERVAL_S = 0.2
 COMPOSE_TIMEOUT_S = 60.0
 SIDECAR_SUFFIX = "-sagemaker-pipe"
+DATA_VOLUME_SUFFIX = "-pipe-data"
 SIDECAR_STATUS_DIR = "/tmp/sagemaker-pipe"  # the image's SAGEMAKER_PIPE_STATUS_FILE lives here
 SIDECAR_CONFIG = "/config/channels.yaml"
 CONTAINER_DATA = "/opt/ml/input/data"
@@ -89,7 +90,7 @@ class PipeJob:
         self.error: str | None = None
         self._done = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._kill: list[str] = []
+        self._compose: list[str] = []
 
     # -- before `docker compose up`
     def start(self, compose: dict[str, Any], compose_file: Path, compose_cmd: Sequence[str]) -> dict[str, Any]:
@@ -100,7 +101,7 @@ class PipeJob:
             make_dirs(layout.data_dir)  # SDK v3 makes no per-host data folder
         if not self.split.served:
             return compose
-        self._kill = [*compose_cmd, "-f", str(compose_file), "kill", *self.hosts]
+        self._compose = [*compose_cmd, "-f", str(compose_file)]
         if self.sidecar_image:
             compose = with_sidecars(compose, self)
             compose_file.write_text(yaml.dump(compose, default_flow_style=False))
@@ -145,11 +146,14 @@ class PipeJob:
         return None
 
     def _kill_algorithms(self) -> None:
+        self._run_compose("kill", *self.hosts)
+
+    def _run_compose(self, *args: str) -> None:
         try:
-            subprocess.run(self._kill, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            subprocess.run([*self._compose, *args], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                            timeout=COMPOSE_TIMEOUT_S, check=False)
         except (OSError, subprocess.TimeoutExpired) as e:
-            log.error("sagemaker-pipe: could not stop the algorithm containers (%s)", e)
+            log.error("sagemaker-pipe: docker compose %s failed (%s)", args[0], e)
 
     # -- after `docker compose up`, or when anything raised
     def finish(self) -> None:
@@ -164,6 +168,9 @@ class PipeJob:
             elif status != 0 and self.error is None:
                 self.error = f"the sagemaker-pipe engine for host {host} exited with status {status}"
             del self.engines[host]
+        if self.sidecar_image and self._compose:  # the sidecars, and the volumes holding FIFOs and copies
+            self._run_compose("down", "--volumes", "--timeout", "10")
+            self._compose = []
         shutil.rmtree(self.work, ignore_errors=True)
 
     def check(self) -> None:
@@ -176,32 +183,38 @@ class PipeJob:
 
 
 def with_sidecars(compose: dict[str, Any], job: PipeJob) -> dict[str, Any]:
-    """The SDK's compose document plus one sagemaker-pipe service per host, each algorithm waiting for it."""
+    """The SDK's compose document plus one sagemaker-pipe service per host, each algorithm waiting for it.
+
+    The pair shares a named volume at /opt/ml/input/data (over the SDK's bind of the host's
+    `input`): FIFOs made there live inside Docker's own file system, which is what Docker Desktop
+    needs. The volume starts as the image's folder, owned by the image's user.
+    """
     services = dict(compose["services"])
+    volumes = dict(compose.get("volumes") or {})
     image = job.sidecar_image
     assert image is not None
     for host in job.hosts:
         sidecar = host + SIDECAR_SUFFIX
+        data = host + DATA_VOLUME_SUFFIX
+        volumes[data] = {}
         status = job.status_dir(host)
         status.mkdir(parents=True)
+        status.chmod(0o777)  # written by the image's user
         environment = {
             "SAGEMAKER_PIPE_HOSTS": ",".join(job.hosts),
             "SAGEMAKER_PIPE_CURRENT_HOST": host,
             "SAGEMAKER_PIPE_HOLD_ON_FAILURE": "1",
             **job.aws,
         }
-        volumes = [
-            f"{job.channel_file}:{SIDECAR_CONFIG}:ro",
-            f"{job.root / host / 'input' / 'data'}:{CONTAINER_DATA}",
-            f"{status}:{SIDECAR_STATUS_DIR}",
-            *(f"{src}:{src}:ro" for src in job.split.local_sources),
-        ]
         services[sidecar] = {
             "image": image,
-            "user": f"{os.getuid()}:{os.getgid()}",  # FIFOs owned like the SDK's own folders
             "environment": [f"{k}={v}" for k, v in environment.items()],
-            "volumes": volumes,
-            "tmpfs": ["/opt/ml/input/config:mode=1777"],  # its own config files stay in the container
+            "volumes": [
+                f"{job.channel_file}:{SIDECAR_CONFIG}:ro",
+                f"{data}:{CONTAINER_DATA}",
+                f"{status}:{SIDECAR_STATUS_DIR}",
+                *(f"{src}:{src}:ro" for src in job.split.local_sources),
+            ],
             "healthcheck": HEALTHCHECK,
             "stop_signal": "SIGTERM",
             "stop_grace_period": "10s",
@@ -209,6 +222,7 @@ def with_sidecars(compose: dict[str, Any], job: PipeJob) -> dict[str, Any]:
         if "networks" in services[host]:
             services[sidecar]["networks"] = list(services[host]["networks"])
         algorithm = dict(services[host])
+        algorithm["volumes"] = [*algorithm["volumes"], f"{data}:{CONTAINER_DATA}"]
         algorithm["depends_on"] = {sidecar: {"condition": "service_healthy"}}
         services[host] = algorithm
-    return {**compose, "services": services}
+    return {**compose, "services": services, "volumes": volumes}
