@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import sys
 import time
+
+import recordio  # tests/recordio.py: this script's folder is on sys.path
 
 MOUNTS: dict[str, str] = json.loads(os.environ.get("FAKE_MOUNTS", "{}"))
 WAIT_S = 30.0
@@ -45,18 +46,6 @@ def file_sha(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def records(data: bytes) -> list[str]:
-    out, pos = [], 0
-    while pos < len(data):
-        magic, word = struct.unpack_from("<II", data, pos)
-        if magic != 0xCED7230A:
-            sys.exit(f"sdk_algorithm: bad RecordIO magic at byte {pos}")
-        length = word & ((1 << 29) - 1)
-        out.append(hashlib.sha256(data[pos + 8: pos + 8 + length]).hexdigest())
-        pos += 8 + length + (-length % 4)
-    return out
-
-
 def main() -> None:
     config = read_json("/opt/ml/input/config/inputdataconfig.json")
     resource = read_json("/opt/ml/input/config/resourceconfig.json")
@@ -77,7 +66,7 @@ def main() -> None:
                 data = fifo.read()
             entry = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
             if config[name].get("RecordWrapperType") == "RecordIO":
-                entry["records"] = records(data)
+                entry["records"] = [hashlib.sha256(p).hexdigest() for p in recordio.decode(data)]  # strict
             got["pipe"].setdefault(name, []).append(entry)
             print(f"read channel={name} epoch={epoch} bytes={len(data)}", flush=True)
     model = host_path("/opt/ml/model")

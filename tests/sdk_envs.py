@@ -22,7 +22,7 @@ from pathlib import Path
 
 PINS = {"v2": ["sagemaker==2.257.7"], "v3": ["sagemaker-train==1.27.0"]}
 CACHE = Path(os.environ.get("SAGEMAKER_PIPE_SDK_CACHE") or Path.home() / ".cache" / "sagemaker-pipe-tests")
-INSTALL_TIMEOUT_S = 1800
+INSTALL_TIMEOUT_S = 1200
 NETWORK_HINTS = ("Could not find a version", "No matching distribution", "NewConnectionError", "ConnectTimeout",
                  "Max retries exceeded", "Temporary failure in name resolution", "Network is unreachable",
                  "ReadTimeoutError", "ProxyError")

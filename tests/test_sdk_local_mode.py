@@ -25,7 +25,8 @@ import recordio
 from conftest import REPO, TESTS, base_env, list_objects, write_tree
 from sdk_envs import SdkInstallError, required, sdk_python
 
-pytestmark = [pytest.mark.sdk, pytest.mark.timeout(300)]
+# The first run installs an SDK (about 4 minutes each here): the jobs themselves are bounded by JOB_TIMEOUT_S.
+pytestmark = [pytest.mark.sdk, pytest.mark.timeout(1500)]
 SIDECAR_IMAGE = "sagemaker-pipe:sdk-test"
 JOB_TIMEOUT_S = 180
 
