@@ -37,10 +37,10 @@ class ChannelSplit:
         return bool(self.engine_doc["InputDataConfig"])
 
 
-def split_channels(channels: Sequence[Mapping[str, Any]], job_mode: str, hosts: Sequence[str]) -> ChannelSplit:
+def split_channels(channels: Sequence[Mapping[str, Any]], job_mode: str) -> ChannelSplit:
     """Translate the SDK's channels, validate them all, and decide which ones the engine serves."""
     docs = [_channel_doc(c) for c in channels]
-    job = _parse({"TrainingInputMode": job_mode, "InputDataConfig": docs}, hosts) if docs else None
+    job = _parse({"TrainingInputMode": job_mode, "InputDataConfig": docs}) if docs else None
     if job is None:
         return ChannelSplit({"TrainingInputMode": job_mode, "InputDataConfig": []}, (), {}, (), False)
     ours = [(doc, c) for doc, c in zip(docs, job.channels, strict=True) if _engine_serves(c)]
@@ -65,9 +65,9 @@ def _local_root(channel: Any) -> str:
     return channel.uri if channel.data_type == "S3Prefix" else str(Path(channel.uri).parent)
 
 
-def _parse(doc: dict[str, Any], hosts: Sequence[str]) -> Job:
+def _parse(doc: dict[str, Any]) -> Job:
     # Local paths are absolute by now, so the base folder is never used.
-    return parse_job(doc, base_dir=Path("/"), source="the estimator's inputs", hosts=list(hosts))
+    return parse_job(doc, base_dir=Path("/"), source="the estimator's inputs")
 
 
 def _channel_doc(channel: Mapping[str, Any]) -> dict[str, Any]:

@@ -49,13 +49,11 @@ class PipeLocalSession(LocalSession):
 
 
 class _PipeSagemakerClient(LocalSagemakerClient):
-    def create_training_job(self, TrainingJobName: str, AlgorithmSpecification: dict, OutputDataConfig: dict,  # noqa: N803
-                            ResourceConfig: dict, InputDataConfig: list | None = None,  # noqa: N803
-                            Environment: dict | None = None, **kwargs: Any) -> None:  # noqa: N803
+    def create_training_job(self, TrainingJobName: str, AlgorithmSpecification: dict, OutputDataConfig: dict,
+                            ResourceConfig: dict, InputDataConfig: list | None = None,
+                            Environment: dict | None = None, **kwargs: Any) -> None:
         channels = InputDataConfig or []
-        count = int(ResourceConfig["InstanceCount"])
-        split = split_channels(channels, AlgorithmSpecification.get("TrainingInputMode", "File"),
-                               [f"algo-{i}" for i in range(1, count + 1)])
+        split = split_channels(channels, AlgorithmSpecification.get("TrainingInputMode", "File"))
         sdk_channels = [c for c in channels if c["ChannelName"] in split.sdk_channels]
         container = functools.partial(_PipeContainer, split=split,
                                       sidecar_image=getattr(self.sagemaker_session, "sidecar_image", None))

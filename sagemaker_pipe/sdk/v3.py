@@ -61,9 +61,7 @@ def _with_job_mode(train: Callable[..., Any]) -> Callable[..., Any]:
 
 def _pipe_container(*, sidecar_image: str | None, **kwargs: Any) -> _PipeLocalContainer:
     channels = kwargs.get("input_data_config") or []
-    count = int(kwargs["instance_count"])
-    split = split_channels([serialize(c) for c in channels], _JOB_MODE.get(),
-                           [f"algo-{i}" for i in range(1, count + 1)])
+    split = split_channels([serialize(c) for c in channels], _JOB_MODE.get())
     # The SDK sees only its own channels: nothing to download, nothing to refuse.
     kwargs["input_data_config"] = [c for c in channels if c.channel_name in split.sdk_channels]
     container = _PipeLocalContainer(**kwargs)
