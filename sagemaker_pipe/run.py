@@ -151,14 +151,15 @@ def _report(hosts: list[Host], statuses: dict[str, int], failure: str | None, ou
     if failure is not None:
         _error(failure)
         return 1
-    worst = 0
+    failed = {h.name: statuses.get(h.name, 1) for h in hosts if statuses.get(h.name, 1) != 0}
     for h in hosts:
-        status = statuses.get(h.name, 1)
-        if status != 0:
+        if h.name in failed:
             reason = _failure_reason(h.layout)
             who = f"{h.name} " if many else ""
-            _error(f"algorithm {who}exited with status {status}" + (f": {reason}" if reason else ""))
-            worst = worst or status
+            _error(f"algorithm {who}exited with status {failed[h.name]}" + (f": {reason}" if reason else ""))
+    # The status of the host that failed, rather than of those stopped because of it (SIGTERM, SIGKILL).
+    stopped = (128 + signal.SIGTERM, 128 + signal.SIGKILL)
+    worst = next((s for s in failed.values() if s not in stopped), next(iter(failed.values()), 0))
     if worst == 0 and signum is not None:
         return 128 + signum  # stopped: not a successful job, even if the algorithm said 0
     if worst == 0:
