@@ -118,10 +118,13 @@ def run_main(argv: list[str]) -> int:
     engines: list[Engine] = []
     try:
         for h in hosts:
-            engines.append(Engine.start(config, h.layout.root or ml_root, hosts=names, current_host=h.name,
-                                        extra_args=extra, label=h.name if count > 1 else ""))
+            engines.append(Engine.start(  # a process is one host of the channel file's cluster
+                config, h.layout.root or ml_root, hosts=names if image else None,
+                current_host=h.name if image else None, extra_args=extra, label=h.name if count > 1 else ""))
         for e in engines:
             e.wait_ready(READY_TIMEOUT_S)
+        if stop():  # stopped while the engines got ready: no algorithm to start
+            return 128 + (stop.signum or signal.SIGTERM)
         for h in hosts:
             _fresh_outputs(h.layout, shared=image is not None)
         if image is None:
