@@ -20,6 +20,7 @@ from sagemaker_pipe.config import Channel, load_job, parse_job
 from sagemaker_pipe.errors import ConfigError, PipeError
 from sagemaker_pipe.layout import DEFAULT_ML_ROOT, Layout
 from sagemaker_pipe.plan import ChannelPlan, plan_channel, plan_job
+from sagemaker_pipe.run import run_main
 from sagemaker_pipe.sidecar import FAILURE_HOLD_S, Sidecar
 
 PROG = "sagemaker-pipe"
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream SageMaker training channels into Pipe-mode FIFOs, epoch after epoch.",
         epilog=f"Sidecar form: {PROG} --config FILE [--ml-root DIR] [--epochs N]. "
         f"Original tool's form: {PROG} [-d] [-x] [-r] CHANNEL_NAME SRC DEST. "
-        f"Commands (each with --help): {PROG} validate | from-job | status | compose ... "
+        f"Commands (each with --help): {PROG} run | validate | from-job | status | compose ... "
         "Options may also be set by environment: "
         + ", ".join(f"{v} (--{k.replace('_', '-')})" for k, v in ENV.items()),
     )
@@ -139,6 +140,7 @@ def serve(argv: list[str], defaults: dict[str, str]) -> int:
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"status": commands.status}
 SUBCOMMANDS.update({"validate": commands.validate, "from-job": commands.from_job})  # commands.py
 SUBCOMMANDS["compose"] = compose_main  # a compose file for a job on several hosts (compose.py)
+SUBCOMMANDS["run"] = run_main  # one local training job, algorithm included (run.py)
 
 
 def _legacy_channel(name: str, src: str, args: argparse.Namespace) -> Channel:

@@ -68,6 +68,7 @@ class Job:
     hyperparameters: dict[str, str] = field(default_factory=dict)
     current_host: str = "algo-1"
     hosts: tuple[str, ...] = ("algo-1",)
+    training_image: str | None = None  # AlgorithmSpecification.TrainingImage: compose and run --image default to it
 
     @property
     def host_index(self) -> int:
@@ -138,7 +139,16 @@ def parse_job(
         hyperparameters=_parse_hyperparameters(top.get("HyperParameters"), source),
         current_host=me,
         hosts=tuple(host_list),
+        training_image=_training_image(top, source),
     )
+
+
+def _training_image(top: Mapping[str, Any], source: str) -> str | None:
+    spec = top.get("AlgorithmSpecification")
+    image = spec.get("TrainingImage") if isinstance(spec, Mapping) else None
+    if image is not None and (not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image)):
+        raise ConfigError(f"{source}: AlgorithmSpecification.TrainingImage must be an image name (got {image!r})")
+    return image
 
 
 def resolve_local(uri: str, base_dir: PurePath) -> str:

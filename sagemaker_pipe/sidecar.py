@@ -212,6 +212,22 @@ class Sidecar:
 
     def _handle_signals(self) -> None:
         stop_on_signals(self.stop, self.signalled)
+        if self.hold_on_failure:
+            stop_with_parent(self.stop, self.signalled)
+
+
+def stop_with_parent(*events: threading.Event) -> None:
+    """Under a supervisor: its death counts as a stop, so a held failure never outlives it."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        log.info("the supervising process (pid %d) is gone: removing FIFOs and exiting", parent)
+        for event in events:
+            event.set()
+
+    threading.Thread(target=watch, name="parent", daemon=True).start()
 
 
 def stop_on_signals(*events: threading.Event) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -166,3 +167,25 @@ def test_the_start_up_line_names_each_channel_s_first_fifo_and_folder(tmp_path, 
     assert f"files (File) {ml_root / 'input' / 'data' / 'files'}/" in line
     side.send(signal.SIGTERM)
     assert side.wait(10) == 0
+
+
+def test_a_held_failure_ends_when_the_supervisor_dies(tmp_path, ml_root, procs, shell):
+    """A supervisor killed by SIGKILL cannot stop its engine: the engine notices it is gone."""
+    cfg = bad_gzip_job(tmp_path)
+    pid_file = tmp_path / "engine.pid"
+    script = (f"import subprocess, sys, time\n"
+              f"p = subprocess.Popen([sys.executable, '-m', 'sagemaker_pipe', '--config', {str(cfg)!r}, "
+              f"'--ml-root', {str(ml_root)!r}, '--hold-on-failure'])\n"
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+              f"time.sleep(600)\n")
+    supervisor = procs.start([sys.executable, "-c", script], "supervisor", env=base_env())
+    wait_for_path(fifo(ml_root, "train", 0))
+    reader = shell(f'cat "{fifo(ml_root, "train", 0)}" > /dev/null')
+    engine = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), 10, "the engine's pid"))
+    time.sleep(1)
+    assert reader.alive()
+    os.kill(supervisor.pid, signal.SIGKILL)  # only the supervisor: the engine is in its group too
+    wait_until(lambda: not Path(f"/proc/{engine}").exists() or "Z" in Path(f"/proc/{engine}/stat").read_text()
+               .split(")")[-1].split()[0], 10, "the engine gone")
+    assert reader.wait(5) == 0
+    assert leftovers(ml_root) == []
