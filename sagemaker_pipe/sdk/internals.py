@@ -20,7 +20,7 @@ from sagemaker_pipe.errors import PipeError
 Name = tuple[str, str, tuple[str, ...] | None]
 
 V2_PACKAGE = "sagemaker"
-V2_CHECKED = "2.82.0 to 2.257.7"
+V2_CHECKED = "2.82.0 to 2.257.7"  # 2.257.7 run by the tests; 2.82.0's source read (same names, docker-compose)
 V2_NAMES: tuple[Name, ...] = (
     ("sagemaker.local.local_session", "LocalSession._initialize", None),
     ("sagemaker.local.local_session", "LocalSagemakerClient.create_training_job",
@@ -38,7 +38,7 @@ V2_NAMES: tuple[Name, ...] = (
 )
 
 V3_PACKAGE = "sagemaker-train"
-V3_CHECKED = "1.27.0"
+V3_CHECKED = "1.27.0"  # run by the tests
 V3_NAMES: tuple[Name, ...] = (
     ("sagemaker.train.model_trainer", "_LocalContainer", None),  # looked up by ModelTrainer.train
     ("sagemaker.train.model_trainer", "ModelTrainer.train", None),
