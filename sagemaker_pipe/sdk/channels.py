@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sagemaker_pipe.config import Job, parse_job
+from sagemaker_pipe.config import Channel, Job, parse_job
 from sagemaker_pipe.errors import ConfigError
 from sagemaker_pipe.sidecar import input_data_config
 
@@ -40,9 +40,9 @@ class ChannelSplit:
 def split_channels(channels: Sequence[Mapping[str, Any]], job_mode: str) -> ChannelSplit:
     """Translate the SDK's channels, validate them all, and decide which ones the engine serves."""
     docs = [_channel_doc(c) for c in channels]
-    job = _parse({"TrainingInputMode": job_mode, "InputDataConfig": docs}) if docs else None
-    if job is None:
+    if not docs:  # a job without channels (a channel file needs one): nothing to serve
         return ChannelSplit({"TrainingInputMode": job_mode, "InputDataConfig": []}, (), {}, (), False)
+    job = _parse({"TrainingInputMode": job_mode, "InputDataConfig": docs})
     ours = [(doc, c) for doc, c in zip(docs, job.channels, strict=True) if _engine_serves(c)]
     engine_doc = {"TrainingInputMode": job_mode, "InputDataConfig": [doc for doc, _ in ours]}
     return ChannelSplit(
@@ -54,13 +54,13 @@ def split_channels(channels: Sequence[Mapping[str, Any]], job_mode: str) -> Chan
     )
 
 
-def _engine_serves(channel: Any) -> bool:
+def _engine_serves(channel: Channel) -> bool:
     """Pipe, and the File channels the SDK's own local mode would refuse or get wrong."""
     return (channel.input_mode == "Pipe" or channel.distribution == "ShardedByS3Key"
             or channel.data_type != "S3Prefix")
 
 
-def _local_root(channel: Any) -> str:
+def _local_root(channel: Channel) -> str:
     """What a sidecar must see of a local channel: its folder, or a local manifest's folder (its references)."""
     return channel.uri if channel.data_type == "S3Prefix" else str(Path(channel.uri).parent)
 
