@@ -232,8 +232,9 @@ def render(doc: dict[str, Any], argv: list[str] | None = None) -> str:
         f"# One SageMaker training job on {len(algos)} hosts ({', '.join(algos)}): per host an algorithm\n"
         "# container and a sagemaker-pipe sidecar sharing its /opt/ml/input volume.\n"
         "#   docker compose -f THIS_FILE up --abort-on-container-failure\n"
-        "#       # shows the algorithms; returns when all have exited, non-zero (the job stopped) as soon as\n"
-        "#       # an algorithm or a sidecar fails (a data stream that fails: the sidecar exits 1)\n"
+        "#       # shows the algorithms; returns when all have exited, non-zero as soon as one fails.\n"
+        "#       # A sidecar whose data stream fails exits 1, which `up` does not watch (docs/run.md);\n"
+        "#       # `sagemaker-pipe run --image IMAGE --hosts N` fails the job on it.\n"
         "#   docker compose -f THIS_FILE down -v # stops the sidecars, removes the volumes\n"
     )
     return header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
