@@ -2,14 +2,16 @@
 
     sagemaker-pipe compose --hosts 3 --algorithm-image IMAGE > docker-compose.hosts.yml
 
-prints a Docker Compose file with one algorithm container and one sidecar per host. Host i
+prints a Docker Compose file with one algorithm container and one sidecar per host. Without
+--hosts the hosts come from the channel file's ResourceConfig (InstanceCount, or InstanceGroups:
+see config.parse_cluster), and each sidecar derives the same cluster from the file. Host i
 (`algo-i`, as SageMaker names them) is the algorithm service `algo-i` (hostname `algo-i` on the
 network `sagemaker`, started as SageMaker starts a training image: `IMAGE train`) and the sidecar
 `algo-i-sidecar`; the pair shares the named volume `algo-i-input` at /opt/ml/input, and the
 algorithm has volumes of its own for /opt/ml/model and /opt/ml/output (`algo-i-model`,
 `algo-i-output`). Every sidecar reads the same channel file (bind-mounted
 read-only at /config/channels.yaml) and is told the host list and its own name
-(SAGEMAKER_PIPE_HOSTS, SAGEMAKER_PIPE_CURRENT_HOST), so it writes that host's
+(SAGEMAKER_PIPE_CURRENT_HOST, and SAGEMAKER_PIPE_HOSTS with --hosts), so it writes that host's
 resourceconfig.json and streams that host's share of every ShardedByS3Key channel. Each
 algorithm starts once its sidecar is healthy.
 
@@ -72,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         "container (hostname algo-i) and a sagemaker-pipe sidecar sharing its /opt/ml/input.",
         epilog="Paths in the channel file are as the sidecars see them: local channels under /data.",
     )
-    p.add_argument("--hosts", required=True, metavar="N", help="number of hosts (algo-1 ... algo-N)")
+    p.add_argument("--hosts", metavar="N", help="number of hosts (algo-1 ... algo-N; default: the channel file's "
+                   "ResourceConfig, InstanceCount or InstanceGroups)")
     p.add_argument("--algorithm-image", metavar="IMAGE", help="the training image to run on every host (default: "
                    "the channel file's AlgorithmSpecification.TrainingImage, which from-job keeps)")
     p.add_argument("--algorithm-command", metavar="CMD", help="the algorithm containers' command, as a JSON list or "
@@ -95,7 +98,7 @@ def compose_main(argv: list[str]) -> int:
     """`sagemaker-pipe compose ...`: print the compose file on stdout."""
     args = build_parser().parse_args(argv)
     doc = build_compose(
-        hosts=_count(args.hosts),
+        hosts=_count(args.hosts) if args.hosts is not None else None,
         algorithm_image=args.algorithm_image,
         algorithm_command=parse_command(args.algorithm_command),
         channels=Path(args.channels),
@@ -109,7 +112,7 @@ def compose_main(argv: list[str]) -> int:
 
 
 def build_compose(
-    hosts: int,
+    hosts: int | None,
     algorithm_image: str | None,
     channels: Path,
     data: Path | None = None,
@@ -118,12 +121,14 @@ def build_compose(
     project: str = DEFAULT_PROJECT,
     algorithm_command: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The compose document (a plain dict) for `hosts` hosts; every input is checked first."""
-    if not 1 <= hosts <= MAX_HOSTS:
+    """The compose document (a plain dict) for `hosts` hosts, None: the file's ResourceConfig; inputs checked first."""
+    if hosts is not None and not 1 <= hosts <= MAX_HOSTS:
         raise ConfigError(f"compose: --hosts must be 1 to {MAX_HOSTS} (got {hosts})")
     check_project(project)
-    names = host_names(hosts)
-    job = _container_job(channels, names)
+    job = _container_job(channels, host_names(hosts) if hosts is not None else None)
+    names = host_names(hosts) if hosts is not None else list(job.hosts)
+    if len(names) > MAX_HOSTS:
+        raise ConfigError(f"compose: the channel file's ResourceConfig has {len(names)} hosts; at most {MAX_HOSTS}")
     job_channels = list(job.channels)
     algorithm_image = algorithm_image or job.training_image
     if algorithm_image is None:
@@ -144,11 +149,10 @@ def build_compose(
     for host in names:
         sidecar = f"{host}-sidecar"
         volume = f"{host}-input"
-        environment: dict[str, str | None] = {
-            "SAGEMAKER_PIPE_CONFIG": CONTAINER_CONFIG,
-            "SAGEMAKER_PIPE_HOSTS": ",".join(names),
-            "SAGEMAKER_PIPE_CURRENT_HOST": host,
-        }
+        environment: dict[str, str | None] = {"SAGEMAKER_PIPE_CONFIG": CONTAINER_CONFIG}
+        if hosts is not None:
+            environment["SAGEMAKER_PIPE_HOSTS"] = ",".join(names)
+        environment["SAGEMAKER_PIPE_CURRENT_HOST"] = host
         if uses_s3:
             environment.update(dict.fromkeys(AWS_VARIABLES))  # null: taken from the shell when set there
         services[host] = algorithm_service(
@@ -232,8 +236,9 @@ def render(doc: dict[str, Any], argv: list[str] | None = None) -> str:
         f"# One SageMaker training job on {len(algos)} hosts ({', '.join(algos)}): per host an algorithm\n"
         "# container and a sagemaker-pipe sidecar sharing its /opt/ml/input volume.\n"
         "#   docker compose -f THIS_FILE up --abort-on-container-failure\n"
-        "#       # shows the algorithms; returns when all have exited, non-zero (the job stopped) as soon as\n"
-        "#       # an algorithm or a sidecar fails (a data stream that fails: the sidecar exits 1)\n"
+        "#       # shows the algorithms; returns when all have exited, non-zero as soon as one fails.\n"
+        "#       # A sidecar whose data stream fails exits 1, which `up` does not watch (docs/run.md);\n"
+        "#       # `sagemaker-pipe run --image IMAGE --hosts N` fails the job on it.\n"
         "#   docker compose -f THIS_FILE down -v # stops the sidecars, removes the volumes\n"
     )
     return header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
@@ -253,11 +258,13 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(list, _Dumper.represent_list)
 
 
-def _container_job(path: Path, hosts: list[str]) -> Job:
+def _container_job(path: Path, hosts: list[str] | None) -> Job:
     """The channel file validated as the sidecars will read it: relative paths against /config."""
     doc = read_document(path)
+    if hosts is None and not (isinstance(doc, dict) and "ResourceConfig" in doc):
+        raise ConfigError(f"compose: give --hosts N, or a ResourceConfig (InstanceCount or InstanceGroups) in {path}")
     base = PurePosixPath(CONTAINER_CONFIG).parent
-    return parse_job(doc, base_dir=Path(base), source=str(path), hosts=hosts, current_host=hosts[0])
+    return parse_job(doc, base_dir=Path(base), source=str(path), hosts=hosts)
 
 
 def _data_dir(data: Path | None, local: list[Channel]) -> Path | None:

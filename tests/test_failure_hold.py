@@ -189,3 +189,31 @@ def test_a_held_failure_ends_when_the_supervisor_dies(tmp_path, ml_root, procs, 
                .split(")")[-1].split()[0], 10, "the engine gone")
     assert reader.wait(5) == 0
     assert leftovers(ml_root) == []
+
+
+def test_the_supervise_engine_contract(tmp_path, ml_root, shell):
+    """supervise.Engine as `run` and the SDK add-on use it: ready, failure(), stop() -> (1, the line)."""
+    from sagemaker_pipe.errors import ConfigError
+    from sagemaker_pipe.supervise import Engine
+
+    cfg = bad_gzip_job(tmp_path)
+    engine = Engine.start(cfg, ml_root, hosts=["algo-1", "algo-2"], current_host="algo-2", env=base_env())
+    try:
+        engine.wait_ready(15)
+        config = json.loads((ml_root / "input" / "config" / "resourceconfig.json").read_text())
+        assert (config["current_host"], config["hosts"]) == ("algo-2", ["algo-1", "algo-2"])
+        assert engine.failure() is None
+        cat = shell(f'cat "{fifo(ml_root, "train", 0)}" > /dev/null')
+        failure = wait_until(engine.failure, 15, "the engine's failure")
+        assert "b.gz" in failure
+        time.sleep(1)
+        assert cat.alive(), "an EOF before the engine was stopped"
+        second = Engine.start(cfg, ml_root, env=base_env())
+        with pytest.raises(ConfigError, match=f"pid {engine.proc.pid}"):
+            second.wait_ready(15)
+        assert second.stop() == (2, second.error)
+    finally:
+        status, error = engine.stop()
+    assert status == 1 and error is not None and "b.gz" in error
+    assert cat.wait(5) == 0
+    assert leftovers(ml_root) == []
