@@ -18,8 +18,9 @@ from sagemaker_pipe.config import Channel, Job, parse_job
 from sagemaker_pipe.errors import ConfigError
 from sagemaker_pipe.sidecar import input_data_config
 
-# Fields of the SDKs' requests that say nothing about the bytes of a channel.
-IGNORED_S3_FIELDS = ("ModelAccessConfig", "HubAccessConfig")
+# Fields of the SDKs' requests that say nothing about the bytes of a channel here (local mode runs
+# one homogeneous group of instances, so InstanceGroupNames select nothing).
+IGNORED_S3_FIELDS = ("ModelAccessConfig", "HubAccessConfig", "InstanceGroupNames")
 
 
 @dataclass(frozen=True)
