@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 from sagemaker_pipe import readers, smallfiles, sources, transforms
 from sagemaker_pipe.ahead import ahead
+from sagemaker_pipe.chunks import SinkChunk
 from sagemaker_pipe.fifo import FifoSet, FifoWriter, ReaderGone, open_writer
 from sagemaker_pipe.layout import Layout
 from sagemaker_pipe.plan import ChannelPlan, Unit
 from sagemaker_pipe.sources import ObjectRef, ObjectStream
-from sagemaker_pipe.sources.base import SinkChunk
 
 log = logging.getLogger("sagemaker_pipe")
 MIN_WAIT_S = 0.005  # waits shorter than this, in all, say nothing about either side

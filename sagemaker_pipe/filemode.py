@@ -25,11 +25,11 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from sagemaker_pipe import sources
+from sagemaker_pipe.chunks import CHUNK, FileSpan
 from sagemaker_pipe.errors import ConfigError, DataError
 from sagemaker_pipe.layout import Layout, make_dirs
 from sagemaker_pipe.plan import ChannelPlan
 from sagemaker_pipe.sources import ObjectRef
-from sagemaker_pipe.sources.base import CHUNK, FileSpan
 
 log = logging.getLogger("sagemaker_pipe")
 FILE_MODES = ("File", "FastFile")

@@ -15,8 +15,8 @@ import struct
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING
 
+from sagemaker_pipe.chunks import BATCH
 from sagemaker_pipe.errors import DataError
-from sagemaker_pipe.fifo import BATCH
 from sagemaker_pipe.sources import ObjectRef
 from sagemaker_pipe.sources.local import SMALL, is_small, read_small
 from sagemaker_pipe.transforms import MAX_RECORD, RECORDIO_MAGIC, recordio_header

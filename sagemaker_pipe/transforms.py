@@ -17,9 +17,8 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
+from sagemaker_pipe.chunks import CHUNK, Chunk, FileSpan, ObjectStream, PipeSpan, SinkChunk
 from sagemaker_pipe.errors import DataError, Stopped
-from sagemaker_pipe.sources import ObjectStream
-from sagemaker_pipe.sources.base import CHUNK, Chunk, FileSpan, PipeSpan, SinkChunk
 
 log = logging.getLogger("sagemaker_pipe")
 
