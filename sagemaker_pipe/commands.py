@@ -21,7 +21,7 @@ from sagemaker_pipe.errors import ConfigError
 from sagemaker_pipe.filemode import FILE_MODES, file_copies, mode_notes
 from sagemaker_pipe.fromjob import channel_file, parse_map
 from sagemaker_pipe.layout import DEFAULT_ML_ROOT, Layout
-from sagemaker_pipe.plan import ChannelPlan, plan_job
+from sagemaker_pipe.plan import ChannelPlan, check_local_paths, plan_job
 from sagemaker_pipe.progress import human_size
 from sagemaker_pipe.sources import ObjectRef
 
@@ -53,6 +53,7 @@ def validate(argv: list[str]) -> int:
     args = p.parse_args(argv)
     job = load_job(args.file, hosts=args.hosts.split(",") if args.hosts else None, current_host=args.current_host)
     layout = Layout.under(args.ml_root or os.environ.get("SAGEMAKER_PIPE_ML_ROOT") or DEFAULT_ML_ROOT)
+    check_local_paths(job)
     plans: list[ChannelPlan] | None = None
     if args.check_sources:
         plans = plan_job(job)

@@ -14,7 +14,7 @@ from types import FrameType
 
 from sagemaker_pipe.channel import ChannelWorker, EpochStats
 from sagemaker_pipe.config import Job
-from sagemaker_pipe.errors import ConfigError, PipeError, Stopped
+from sagemaker_pipe.errors import ConfigError, PipeError, Stopped, in_channel
 from sagemaker_pipe.fifo import FifoSet, replace_stale
 from sagemaker_pipe.filemode import copy_all, file_copies, is_file_mode
 from sagemaker_pipe.layout import Layout, make_dirs
@@ -155,7 +155,7 @@ class Sidecar:
         except Stopped:
             pass
         except PipeError as e:
-            self.errors.append(e)
+            self.errors.append(in_channel(e, plan.channel.name))
             self.stop.set()
         except BaseException as e:  # a bug: still stop everything and clean up
             log.exception("channel %s failed", plan.channel.name)

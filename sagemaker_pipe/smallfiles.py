@@ -81,7 +81,8 @@ def batches(units: Sequence[Pieces], recordio: bool, name: str,
                         log.debug("channel=%s epoch=%d object=%s bytes=%d", name, epoch, uri, len(data))
                 n = len(data)
                 if recordio:
-                    batch += pack(RECORDIO_MAGIC, n) if n <= MAX_RECORD else recordio_header(n, name)
+                    batch += pack(RECORDIO_MAGIC, n) if n <= MAX_RECORD else recordio_header(
+                        n, "an augmented manifest attribute" if piece is data else uri)
                     batch += data
                     batch += _PADS[n & 3]
                 else:

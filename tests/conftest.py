@@ -44,6 +44,7 @@ import recordio  # noqa: E402  (tests/recordio.py, after the sys.path line above
 ERROR_PREFIX = "sagemaker-pipe: error:"
 CONSUMER = str(TESTS / "consumers.py")
 ENTRYPOINT = str(REPO / "entrypoint.py")
+COMMAND = Path(sys.executable).parent / "sagemaker-pipe"  # the console script pip installed beside this Python
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,8 +385,8 @@ def ml_root(tmp_path: Path) -> Path:
 
 
 class Sidecar:
-    """Factory for sagemaker-pipe processes (always ``sys.executable -m sagemaker_pipe`` or
-    ``entrypoint.py``; cwd defaults to a scratch dir, not the repo)."""
+    """Factory for sagemaker-pipe processes (``sys.executable -m sagemaker_pipe``, ``entrypoint.py``,
+    or with installed=True the installed ``sagemaker-pipe`` command; cwd defaults to a scratch dir, not the repo)."""
 
     def __init__(self, reg: ProcessRegistry, tmp_path: Path):
         self.reg = reg
@@ -394,8 +395,12 @@ class Sidecar:
 
     def __call__(self, *args: str, env: dict | None = None, env_extra: dict | None = None,
                  cwd: os.PathLike | str | None = None, umask: int = -1, user: int | None = None,
-                 entrypoint: bool = False, nofile: int | None = None) -> Proc:
+                 entrypoint: bool = False, nofile: int | None = None, installed: bool = False) -> Proc:
         argv = [sys.executable, ENTRYPOINT] if entrypoint else [sys.executable, "-m", "sagemaker_pipe"]
+        if installed:  # the `sagemaker-pipe` command a user types (make test installs it into .venv)
+            if not COMMAND.exists():
+                pytest.fail(f"{COMMAND} is not installed: run the tests with `make test`, or pip install -e . first")
+            argv = [str(COMMAND)]
         argv += [str(a) for a in args]
         if nofile is not None:  # a low open-files limit: a descriptor leak fails fast
             argv = ["sh", "-c", f'ulimit -n {int(nofile)} && exec "$@"', "sh", *argv]

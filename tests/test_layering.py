@@ -13,7 +13,8 @@ STAGES = {
     "transforms": [PACKAGE / "transforms.py"],
     "sink": [PACKAGE / "fifo.py"],
 }
-MODULES = {"sources": "sagemaker_pipe.sources", "transforms": "sagemaker_pipe.transforms", "sink": "sagemaker_pipe.fifo"}
+MODULES = {"sources": "sagemaker_pipe.sources", "transforms": "sagemaker_pipe.transforms",
+           "sink": "sagemaker_pipe.fifo"}
 
 
 def _imports(path: Path) -> set[str]:
