@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    SIGNAL_EXIT,
     assert_epochs,
     channel,
     expected_stream,
@@ -59,7 +60,7 @@ def assert_no_leftovers(ml_root: Path, status_dir: Path) -> None:
 def stop_with(side, sig: int) -> None:
     os.kill(side.pid, sig)
     rc = side.wait(10)
-    assert rc == 0, f"exit {rc} after {signal.Signals(sig).name}:\n{side.stderr}"
+    assert rc == SIGNAL_EXIT[sig], f"exit {rc} after {signal.Signals(sig).name}:\n{side.stderr}"
     assert "Traceback" not in side.stderr, side.stderr
 
 
