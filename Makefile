@@ -18,6 +18,8 @@ install-test: $(VENV)/.installed-test
 $(PY):
 	@test -n "$(PYTHON)" || { echo "make: no Python 3.10 or newer on the PATH (tried $(CANDIDATES));" \
 		"install one, or give it: make PYTHON=/path/to/python3.x ..." >&2; exit 1; }
+	@"$(PYTHON)" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "make: $(PYTHON) is older" \
+		"than Python 3.10" >&2; exit 1; }
 	@"$(PYTHON)" -c 'import venv, ensurepip' 2>/dev/null || { echo "make: $(PYTHON) cannot make a virtual" \
 		"environment (its venv/ensurepip module is missing). On Debian or Ubuntu:" \
 		"sudo apt-get install python3-venv (or python3.X-venv for Python 3.X), then run make again." >&2; exit 1; }
