@@ -108,9 +108,7 @@ def parse_job(
     """Build a Job from the parsed document (a list of channels or a CreateTrainingJob-like mapping)."""
     top: Mapping[str, Any]
     if isinstance(doc, Mapping):
-        for key in doc:
-            if key not in TOP_LEVEL_KEYS:
-                raise ConfigError(f"{source}: {unknown(key, TOP_LEVEL_KEYS, kind='top-level field')}")
+        _no_unknown_top_level(doc, source)
     if isinstance(doc, list):
         top, channels_doc = {}, doc
     elif isinstance(doc, Mapping) and "InputDataConfig" in doc:
@@ -144,6 +142,16 @@ def parse_job(
         current_host=me,
         hosts=tuple(host_list),
     )
+
+
+def _no_unknown_top_level(doc: Mapping[Any, Any], source: str) -> None:
+    """SageMaker's job keys pass (even those unused here), and keys of the user's own starting with
+    `x-` (as in compose files: a place for YAML anchors); anything else is likely a typo."""
+    for key in doc:
+        if key in TOP_LEVEL_KEYS or (isinstance(key, str) and key.startswith("x-")):
+            continue
+        own = "" if did_you_mean(key, TOP_LEVEL_KEYS) else " (keys of your own, such as YAML anchors, start with x-)"
+        raise ConfigError(f"{source}: {unknown(key, TOP_LEVEL_KEYS, kind='top-level field')}{own}")
 
 
 def resolve_local(uri: str, base_dir: PurePath) -> str:

@@ -120,6 +120,12 @@ def wait_for_reader(path) -> int:
             time.sleep(0.02)
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT at its default: a shell starts background jobs (`make test &`) with it ignored, and
+    Python then rightly leaves it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_ctrl_c_exits_130_while_a_command_reads(command, tmp_path):
     """Each command blocked reading its input (a FIFO nobody writes to) gets SIGINT."""
@@ -129,7 +135,8 @@ def test_ctrl_c_exits_130_while_a_command_reads(command, tmp_path):
             "status": ["status", "--status-file", stuck],
             "compose": ["compose", "--hosts", "2", "--algorithm-image", "a", "--channels", stuck]}[command]
     proc = subprocess.Popen([str(COMMAND), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=base_env(), cwd=tmp_path, start_new_session=True)
+                            text=True, env=base_env(), cwd=tmp_path, start_new_session=True,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
     w = wait_for_reader(stuck)
     try:
         time.sleep(0.2)  # into read(), which now waits for bytes that never come

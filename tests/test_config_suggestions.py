@@ -34,7 +34,7 @@ def test_the_frozen_list_covers_botocores_training_job_keys() -> None:
 def test_every_describe_training_job_key_is_accepted(tmp_path, sidecar) -> None:
     data = write_tree(tmp_path / "train", {"a": b"x"})
     doc = {key: {} for key in api_keys()}
-    doc.update(InputDataConfig=[channel("train", data)], HyperParameters={"lr": "0.1"},
+    doc.update(InputDataConfig=[channel("train", data)], HyperParameters={"lr": "0.1"}, **{"x-mine": {"a": 1}},
                AlgorithmSpecification={"TrainingInputMode": "Pipe", "TrainingImage": "x"},
                ResourceConfig={"InstanceCount": 2, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 1},
                TrainingJobName="job", TrainingJobStatus="Completed", ResponseMetadata={"HTTPStatusCode": 200})
@@ -62,7 +62,8 @@ TYPOS = {
                            "unknown top-level field ResourceConfg (did you mean ResourceConfig?)"),
     "top-level-input": (lambda t: {"InputDataConfg": [_train(t)]},
                         "unknown top-level field InputDataConfg (did you mean InputDataConfig?)"),
-    "top-level-far": (lambda t: {"Zebra": 1, "InputDataConfig": [_train(t)]}, "unknown top-level field Zebra"),
+    "top-level-far": (lambda t: {"Zebra": 1, "InputDataConfig": [_train(t)]},
+                      "unknown top-level field Zebra (keys of your own, such as YAML anchors, start with x-)"),
     "channel-name": (lambda t: [_no_name(t)],
                      "channel #1: ChannelName is required; unknown field ChanelName (did you mean ChannelName?)"),
     "channel-field": (lambda t: [_train(t, Compression="Gzip")],
