@@ -230,7 +230,7 @@ def test_channel_name_limits_and_ignored_fields_are_accepted(tmp_path, ml_root, 
     assert len(long_name) == 64
     cfg = job(tmp_path,
               channel(long_name, good(tmp_path)),
-              channel("x", good(tmp_path, "g2"), InstanceGroupNames=["ig-1", "ig-2"],
+              channel("x", good(tmp_path, "g2"),
                       ContentType="text/plain", CompressionType="None", RecordWrapperType="None",
                       ShuffleConfig={"Seed": 0}, InputMode="Pipe",
                       s3_S3DataDistributionType="FullyReplicated"),
