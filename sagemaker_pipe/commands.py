@@ -50,11 +50,15 @@ def validate(argv: list[str]) -> int:
                    f"(default {DEFAULT_ML_ROOT})")
     p.add_argument("--hosts", help="comma-separated host names (overrides ResourceConfig)")
     p.add_argument("--current-host", help="which of the hosts to show the shard of")
+    p.add_argument("--skip-path-check", action="store_true",
+                   help="do not check that local paths exist (a channel file for a container, such as one for "
+                        "compose, names paths as the sidecar there sees them)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = p.parse_args(argv)
     job = load_job(args.file, hosts=args.hosts.split(",") if args.hosts else None, current_host=args.current_host)
     layout = Layout.under(args.ml_root or os.environ.get(ML_ROOT_ENV) or DEFAULT_ML_ROOT)
-    check_local_paths(job)
+    if not args.skip_path_check:
+        check_local_paths(job, hint=" (paths as a container sees them? add --skip-path-check)")
     plans: list[ChannelPlan] | None = None
     if args.check_sources:
         plans = plan_job(job)

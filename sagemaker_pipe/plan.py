@@ -63,11 +63,12 @@ def plan_job(job: Job) -> list[ChannelPlan]:
     return plans
 
 
-def check_local_paths(job: Job) -> None:
+def check_local_paths(job: Job, hint: str = "") -> None:
     """Every local S3Uri exists, without listing it: the quick check `validate` makes of a mistyped path."""
     for c in job.channels:
         if not sources.is_s3(c.uri) and not os.path.exists(c.uri):
-            raise ConfigError(f"channel {c.name!r}: DataSource.S3DataSource.S3Uri {c.uri}: no such file or folder")
+            raise ConfigError(f"channel {c.name!r}: DataSource.S3DataSource.S3Uri {c.uri}: no such file or folder"
+                              f"{hint}")
 
 
 def plan_channel(channel: Channel, host_index: int = 0, host_count: int = 1) -> ChannelPlan:

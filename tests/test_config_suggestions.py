@@ -98,8 +98,10 @@ def test_validate_checks_local_paths_without_listing_them(tmp_path, sidecar) -> 
     missing = write_channel_file(tmp_path / "missing.yaml", [channel("train", tmp_path / "nowhere")])
     p = sidecar.run("validate", missing, installed=True)
     assert p.poll() == 2, p.stderr
-    assert f"channel 'train': DataSource.S3DataSource.S3Uri {tmp_path / 'nowhere'}: no such file or folder" \
-        in error_line(p.stderr)
+    assert f"channel 'train': DataSource.S3DataSource.S3Uri {tmp_path / 'nowhere'}: no such file or folder " \
+        "(paths as a container sees them? add --skip-path-check)" in error_line(p.stderr)
+    p = sidecar.run("validate", missing, "--skip-path-check", installed=True)
+    assert p.poll() == 0, p.stderr
 
     (tmp_path / "empty").mkdir()
     empty = write_channel_file(tmp_path / "empty.yaml", [channel("train", tmp_path / "empty")])
