@@ -131,6 +131,14 @@ def test_pytorch_snippet_gives_each_epoch_of_records(tmp_path, ml_root, procs, s
     assert json.loads(hashes) == [hashlib.sha256(p).hexdigest() for p in payloads]
 
 
+def test_every_python_block_of_the_readme_is_valid_python():
+    """TensorFlow's block included, which is not run here (TensorFlow is too heavy for the tests)."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) >= 8
+    for block in blocks:
+        compile(block, "README.md", "exec")
+
+
 # ------------------------------------------------------------------------------------------
 # the README and docs/ hold together
 # ------------------------------------------------------------------------------------------
