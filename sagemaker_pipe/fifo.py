@@ -18,11 +18,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from sagemaker_pipe.chunks import BATCH, POLL_S, FileSpan, PipeSpan, SinkChunk, wait_readable
 from sagemaker_pipe.errors import DataError, Stopped
-from sagemaker_pipe.sources.base import FileSpan, PipeSpan, SinkChunk
-
-BATCH = 1 << 20  # small pieces are gathered up to this before one write()
-POLL_S = 0.1  # the longest a blocked worker goes without checking for shutdown
 
 
 class ReaderGone(Exception):
@@ -285,15 +282,6 @@ class FifoWriter:
                 raise Stopped
         self.blocked_s += time.monotonic() - t0
         if self.stop.is_set():
-            raise Stopped
-
-
-def wait_readable(fd: int, stop: threading.Event) -> None:
-    """Wait until a pipe has bytes (or its writer is gone), checking for shutdown every POLL_S."""
-    poll = select.poll()
-    poll.register(fd, select.POLLIN)
-    while not poll.poll(POLL_S * 1000):
-        if stop.is_set():
             raise Stopped
 
 

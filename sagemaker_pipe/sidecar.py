@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -14,10 +15,10 @@ from types import FrameType
 
 from sagemaker_pipe.channel import ChannelWorker, EpochStats
 from sagemaker_pipe.config import Job
-from sagemaker_pipe.errors import ConfigError, PipeError, Stopped
+from sagemaker_pipe.errors import ConfigError, PipeError, Stopped, in_channel
 from sagemaker_pipe.fifo import FifoSet, replace_stale
 from sagemaker_pipe.filemode import copy_all, file_copies, is_file_mode
-from sagemaker_pipe.layout import Layout, make_dirs
+from sagemaker_pipe.layout import STATUS_FOLDER, Layout, make_dirs
 from sagemaker_pipe.lock import RootLock
 from sagemaker_pipe.plan import ChannelPlan
 from sagemaker_pipe.progress import Monitor
@@ -25,6 +26,7 @@ from sagemaker_pipe.progress import Monitor
 log = logging.getLogger("sagemaker_pipe")
 GRACE_S = 1.0  # how long workers get to notice shutdown before their FIFOs are removed under them
 FAILURE_HOLD_S = 10.0  # standing alone, how long a failed epoch's write end stays open (see _hold)
+INTERRUPTED = 128 + signal.SIGINT  # the exit status a shell gives Ctrl-C
 
 
 def input_data_config(job: Job) -> dict[str, dict[str, str]]:
@@ -94,6 +96,7 @@ class Sidecar:
         self.epochs = epochs
         self.status_file = status_file
         self.stop = threading.Event()
+        self.signals: list[int] = []  # the signal that stopped the sidecar, once one has
         self.signalled = threading.Event()  # SIGTERM or SIGINT arrived
         self.hold_on_failure = hold_on_failure  # under a supervisor (run, the SDK add-on): hold until a signal
         self.failure_hold = failure_hold
@@ -130,7 +133,7 @@ class Sidecar:
         self.monitor.start()
         try:
             if not copy_all(self.files, self.stop, self.monitor.channels):  # File-mode data before any FIFO
-                return 0  # stopped while copying
+                return self._stopped_status()  # stopped while copying
             self._make_first_fifos()
             self.monitor.ready()  # config, File-mode data and first FIFOs exist: health checks pass
             log.info("%s", self._ready_line())
@@ -154,11 +157,19 @@ class Sidecar:
             self.fifos.close_held()
             if self.status_file is not None:
                 self.status_file.unlink(missing_ok=True)
+                if self.status_file.parent.name == STATUS_FOLDER:  # the default one's, under the ml-root
+                    with contextlib.suppress(OSError):
+                        self.status_file.parent.rmdir()
             for line in summary(self.history):
                 log.info(line)
         if self.errors:
             raise self.errors[0]
-        return 0
+        return self._stopped_status()
+
+    def _stopped_status(self) -> int:
+        """0 for a normal end or SIGTERM (docker stop, compose down); 130 after SIGINT (Ctrl-C),
+        so that a shell script or make running the sidecar stops too."""
+        return INTERRUPTED if signal.SIGINT in self.signals else 0
 
     def _hold(self, error: BaseException) -> None:
         """A stream failed: say so at once, and keep the cut epoch's write end open for a while.
@@ -216,7 +227,7 @@ class Sidecar:
         except Stopped:
             pass
         except PipeError as e:
-            self.errors.append(e)
+            self.errors.append(in_channel(e, plan.channel.name))
             self.stop.set()
         except BaseException as e:  # a bug: still stop everything and clean up
             log.exception("channel %s failed", plan.channel.name)
@@ -224,7 +235,7 @@ class Sidecar:
             self.stop.set()
 
     def _handle_signals(self) -> None:
-        stop_on_signals(self.stop, self.signalled)
+        self.signals = stop_on_signals(self.stop, self.signalled)
         if self.hold_on_failure:
             stop_with_parent(self.stop, self.signalled)
 
@@ -243,14 +254,16 @@ def stop_with_parent(*events: threading.Event) -> None:
     threading.Thread(target=watch, name="parent", daemon=True).start()
 
 
-def stop_on_signals(*events: threading.Event) -> None:
-    """SIGTERM and SIGINT set every event (`stop`, ...), from a thread of their own.
+def stop_on_signals(stop: threading.Event, *also: threading.Event) -> list[int]:
+    """SIGTERM and SIGINT set `stop` (and every event in `also`), from a thread of their own.
 
     A Python signal handler runs in the main thread between two bytecodes, possibly while that
     thread holds the lock inside `stop.wait()`; setting the Event there deadlocks. So the
     handlers do nothing, Python's C-level handler writes each signal's number to a pipe
-    (signal.set_wakeup_fd), and a watcher thread reads it and sets the Event.
+    (signal.set_wakeup_fd), and a watcher thread reads it and sets the Event. Returns the list
+    the watcher puts the signal's number in.
     """
+    received: list[int] = []
     r, w = os.pipe()
     os.set_blocking(w, False)
     signal.set_wakeup_fd(w, warn_on_full_buffer=False)
@@ -262,10 +275,12 @@ def stop_on_signals(*events: threading.Event) -> None:
             pass
         if got:
             log.info("%s received: removing FIFOs and exiting", signal.Signals(got[0]).name)
-            for event in events:
+            received.append(got[0])
+            for event in (stop, *also):
                 event.set()
 
     threading.Thread(target=watch, name="signals", daemon=True).start()
+    return received
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
