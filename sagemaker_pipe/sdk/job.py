@@ -24,13 +24,13 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
 from sagemaker_pipe.errors import PipeError
-from sagemaker_pipe.layout import Layout, make_dirs
+from sagemaker_pipe.layout import CONTAINER_CONFIG, CONTAINER_STATUS_FILE, DEFAULT_ML_ROOT, Layout, make_dirs
 from sagemaker_pipe.sdk.channels import ChannelSplit
 from sagemaker_pipe.supervise import Engine
 
@@ -40,9 +40,8 @@ WATCH_INTERVAL_S = 0.2
 COMPOSE_TIMEOUT_S = 60.0
 SIDECAR_SUFFIX = "-sagemaker-pipe"
 DATA_VOLUME_SUFFIX = "-pipe-data"
-SIDECAR_STATUS_DIR = "/tmp/sagemaker-pipe"  # the image's SAGEMAKER_PIPE_STATUS_FILE lives here
-SIDECAR_CONFIG = "/config/channels.yaml"
-CONTAINER_DATA = "/opt/ml/input/data"
+SIDECAR_STATUS = PurePosixPath(CONTAINER_STATUS_FILE)  # the image's status file, in a folder we mount
+CONTAINER_DATA = Layout.under(DEFAULT_ML_ROOT).data_dir  # /opt/ml/input/data, inside the containers
 HEALTHCHECK = {
     "test": ["CMD", "python", "-m", "sagemaker_pipe", "status"],
     "interval": "2s", "timeout": "10s", "retries": 3, "start_period": "60s",
@@ -138,7 +137,7 @@ class PipeJob:
                 return error
         for host in self.hosts if self.sidecar_image else ():
             try:
-                status = json.loads((self.status_dir(host) / "status.json").read_text())
+                status = json.loads((self.status_dir(host) / SIDECAR_STATUS.name).read_text())
             except (OSError, ValueError):
                 continue
             if isinstance(status, dict) and status.get("state") == "failed":
@@ -210,9 +209,9 @@ def with_sidecars(compose: dict[str, Any], job: PipeJob) -> dict[str, Any]:
             "image": image,
             "environment": [f"{k}={v}" for k, v in environment.items()],
             "volumes": [
-                f"{job.channel_file}:{SIDECAR_CONFIG}:ro",
+                f"{job.channel_file}:{CONTAINER_CONFIG}:ro",
                 f"{data}:{CONTAINER_DATA}",
-                f"{status}:{SIDECAR_STATUS_DIR}",
+                f"{status}:{SIDECAR_STATUS.parent}",
                 *(f"{src}:{src}:ro" for src in job.split.local_sources),
             ],
             "healthcheck": HEALTHCHECK,
