@@ -10,14 +10,15 @@ from dataclasses import dataclass
 
 from sagemaker_pipe import readers, smallfiles, sources, transforms
 from sagemaker_pipe.ahead import ahead
+from sagemaker_pipe.chunks import SinkChunk
+from sagemaker_pipe.errors import Stopped
 from sagemaker_pipe.fifo import FifoSet, FifoWriter, ReaderGone, open_writer
 from sagemaker_pipe.layout import Layout
 from sagemaker_pipe.plan import ChannelPlan, Unit
 from sagemaker_pipe.sources import ObjectRef, ObjectStream
-from sagemaker_pipe.sources.base import SinkChunk
 
 log = logging.getLogger("sagemaker_pipe")
-MIN_WAIT_S = 0.005  # waits shorter than this, in all, say nothing about either side
+MIN_EPOCH_S = 0.05  # shorter epochs are mostly start-up: their shares of waiting say nothing
 AHEAD = 8  # chunks (up to a megabyte each) a helper thread may hold ready for the writer
 
 
@@ -36,8 +37,16 @@ class EpochStats:
 
     @property
     def verdict(self) -> str:
-        """algorithm-bound, input-bound or balanced: which side the other mostly waited for."""
-        least = max(0.1 * self.seconds, MIN_WAIT_S)
+        """Which side mostly waited for the other, in words that match the two shares printed beside it.
+
+        input-bound: the reader was starved (>= 10% of the epoch, twice the writer's wait);
+        algorithm-bound: the writer was blocked (likewise); balanced: neither waited much, or both
+        alike; too-short: an epoch under MIN_EPOCH_S, where a few milliseconds of start-up would
+        read as 98% starved.
+        """
+        if self.seconds < MIN_EPOCH_S:
+            return "too-short"
+        least = 0.1 * self.seconds
         if self.starved_s >= 2 * self.blocked_s and self.starved_s >= least:
             return "input-bound"
         if self.blocked_s >= 2 * self.starved_s and self.blocked_s >= least:
@@ -115,16 +124,23 @@ class ChannelWorker:
         epoch = 0
         while self.epochs is None or epoch < self.epochs:
             writer = open_writer(path, self.stop)
-            if self.on_open is not None:
-                self.on_open(epoch, writer)
-            started = time.monotonic()
-            has_next = self.epochs is None or epoch + 1 < self.epochs
-            next_path = self.fifos.create(self.layout.fifo(self.name, epoch + 1)) if has_next else None
             try:
+                if self.stop.is_set():
+                    raise Stopped
+                if self.on_open is not None:
+                    self.on_open(epoch, writer)
+                started = time.monotonic()
+                has_next = self.epochs is None or epoch + 1 < self.epochs
+                next_path = self.fifos.create(self.layout.fifo(self.name, epoch + 1)) if has_next else None
                 objects, complete = self.stream_epoch(writer, epoch)
+            except BaseException:
+                # Cut short (a failed object, a stop): an EOF now would look like the epoch's end,
+                # so the write end stays open until the sidecar ends (Sidecar.run decides when).
+                self.fifos.hold(writer.detach())
+                raise
             finally:
-                writer.close()
                 self.fifos.remove(path)
+            writer.close()
             stats = EpochStats(self.name, epoch, objects, writer.written, time.monotonic() - started,
                                writer.blocked_s, writer.starved_s, complete)
             log.info(stats.line(), extra={"fields": stats.fields()})
@@ -180,7 +196,7 @@ class ChannelWorker:
                 run = []
             for part in unit.parts:
                 if isinstance(part, bytes):
-                    yield (transforms.record(part, c.name) if c.recordio else part), done
+                    yield (transforms.record(part, "an augmented manifest attribute") if c.recordio else part), done
                     continue
                 stream = next(streams)
                 try:

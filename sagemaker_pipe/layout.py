@@ -16,6 +16,14 @@ from typing import Any
 
 DEFAULT_ML_ROOT = "/opt/ml"
 CONTAINER_CONFIG = "/config/channels.yaml"
+CONTAINER_STATUS_FILE = "/tmp/sagemaker-pipe/status.json"  # the image's root file system is read-only
+STATUS_FOLDER = ".sagemaker-pipe"  # under <ml-root>/input; removed with the status file when the sidecar exits
+
+
+def status_file(named: str | None, ml_root: str | os.PathLike[str]) -> Path:
+    """The sidecar's status file: the one named (--status-file, SAGEMAKER_PIPE_STATUS_FILE), else a
+    hidden one beside the config and data folders, so that `status --ml-root DIR` finds it."""
+    return Path(named) if named else Path(ml_root) / "input" / STATUS_FOLDER / "status.json"
 
 
 @dataclass(frozen=True)
@@ -24,11 +32,48 @@ class Layout:
 
     data_dir: Path
     config_dir: Path | None  # None in the original tool's form: FIFOs only
+    root: Path | None = None  # the ml-root; None in the original tool's form
 
     @classmethod
     def under(cls, ml_root: str | os.PathLike[str]) -> Layout:
         root = Path(ml_root)
-        return cls(data_dir=root / "input" / "data", config_dir=root / "input" / "config")
+        return cls(data_dir=root / "input" / "data", config_dir=root / "input" / "config", root=root)
+
+    def _under_root(self, *parts: str) -> Path:
+        assert self.root is not None
+        return self.root.joinpath(*parts)
+
+    @property
+    def input_dir(self) -> Path:
+        return self._under_root("input")
+
+    @property
+    def lock_file(self) -> Path:
+        """Held by the one sidecar serving this ml-root (lock.py); in input/, the folder a sidecar container shares."""
+        return self._under_root("input", ".sagemaker-pipe.lock")
+
+    @property
+    def model_dir(self) -> Path:
+        """What the algorithm leaves here becomes model.tar.gz."""
+        return self._under_root("model")
+
+    @property
+    def output_dir(self) -> Path:
+        return self._under_root("output")
+
+    @property
+    def output_data_dir(self) -> Path:
+        """What the algorithm leaves here becomes output.tar.gz."""
+        return self._under_root("output", "data")
+
+    @property
+    def failure_file(self) -> Path:
+        """The algorithm writes its failure reason here before exiting non-zero."""
+        return self._under_root("output", "failure")
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self._under_root("checkpoints")
 
     def fifo(self, channel: str, epoch: int) -> Path:
         return self.data_dir / f"{channel}_{epoch}"
