@@ -189,10 +189,12 @@ def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) a process, its threads and its children, live or reaped, have used."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        kids = [int(k) for t in Path(f"/proc/{pid}/task").iterdir()
-                for k in (t / "children").read_text().split()]
-    except (OSError, ValueError):
+    except OSError:  # gone: its time is in its parent's reaped-children figures
         return 0.0
+    try:
+        kids = [int(k) for t in Path(f"/proc/{pid}/task").iterdir() for k in (t / "children").read_text().split()]
+    except OSError:  # a thread gone meanwhile, or a kernel without the children files: live children uncounted
+        kids = []
     return sum(int(x) for x in fields[11:15]) / _TICK + sum(tree_cpu(k) for k in kids)
 
 
