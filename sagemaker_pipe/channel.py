@@ -14,11 +14,12 @@ from sagemaker_pipe.fifo import FifoSet, FifoWriter, ReaderGone, open_writer
 from sagemaker_pipe.layout import Layout
 from sagemaker_pipe.plan import ChannelPlan, Unit
 from sagemaker_pipe.sources import ObjectRef, ObjectStream
-from sagemaker_pipe.sources.base import SinkChunk
+from sagemaker_pipe.sources.base import FLUSH, SinkChunk
 
 log = logging.getLogger("sagemaker_pipe")
 MIN_WAIT_S = 0.005  # waits shorter than this, in all, say nothing about either side
 AHEAD = 8  # chunks (up to a megabyte each) a helper thread may hold ready for the writer
+_IDLE = object()  # from ahead(): the helper has nothing ready
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ class ChannelWorker:
         streams = sources.stream(refs)
         produced = self._chunks(units, streams, epoch)
         if c.gunzip:  # inflate in a helper thread, beside this thread's writes (inflated chunks are bytes, never spans)
-            produced = ahead(produced, AHEAD)
+            produced = _ahead(produced)
         sent = [0]
         body = _counted(produced, sent)
         chunks = transforms.Throttle(c.throttle_mbps, self.stop).apply(body) if c.throttle_mbps else body
@@ -184,7 +185,13 @@ class ChannelWorker:
                     continue
                 stream = next(streams)
                 try:
-                    for chunk in transforms.object_chunks(stream, c.gunzip, c.recordio):
+                    chunks = transforms.object_chunks(stream, c.gunzip, c.recordio)
+                    while True:
+                        if not stream.ready():  # a wait for the network: what is gathered goes first
+                            yield FLUSH, done
+                        chunk = next(chunks, None)
+                        if chunk is None:
+                            break
                         yield chunk, done
                 finally:
                     stream.close()
@@ -209,14 +216,25 @@ class ChannelWorker:
             for chunk, k in self._readers.stream(run, epoch):
                 yield chunk, done + k
             return
-        batches = smallfiles.batches([self._table[i] for i in run], c.recordio, c.name, epoch)
+        batches = ((batch, done + k) for batch, k in
+                   smallfiles.batches([self._table[i] for i in run], c.recordio, c.name, epoch))
         if not c.gunzip:
-            batches = ahead(batches, AHEAD)
+            batches = _ahead(batches)
         try:
-            for batch, k in batches:
-                yield batch, done + k
+            yield from batches
         finally:
             batches.close()  # the helper thread is done before the caller moves on
+
+
+def _ahead(produced: Iterator[tuple[SinkChunk, int]]) -> Generator[tuple[SinkChunk, int], None, None]:
+    """`produced` made in a helper thread; whenever its next chunk is not ready, FLUSH comes first."""
+    done = 0
+    for item in ahead(produced, AHEAD, idle=_IDLE):
+        if item is _IDLE:
+            yield FLUSH, done
+        else:
+            yield item  # type: ignore[misc]
+            done = item[1]  # type: ignore[index]
 
 
 def _counted(produced: Iterator[tuple[SinkChunk, int]], sent: list[int]) -> Generator[SinkChunk, None, None]:

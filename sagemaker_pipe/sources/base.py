@@ -51,6 +51,7 @@ class PipeSpan:
 
 Chunk = bytes | bytearray | memoryview | FileSpan  # what a source gives
 SinkChunk = Chunk | PipeSpan  # what a channel gives its FIFO
+FLUSH = memoryview(b"")  # not data: the source is about to wait, so the sink sends what it gathered now
 
 
 class ObjectStream(Protocol):
@@ -64,6 +65,9 @@ class ObjectStream(Protocol):
 
     def chunks(self) -> Iterator[Chunk]:
         """The whole object, as spans or bytes, for the plain (untransformed) path."""
+
+    def ready(self) -> bool:
+        """Whether the next read has its bytes at hand (else the channel flushes before it waits)."""
 
     def reopen(self) -> ObjectStream:
         """The same object from its first byte again (used when a length must be counted first)."""

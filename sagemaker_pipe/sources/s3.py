@@ -255,6 +255,9 @@ class S3Stream:
         data, self._rest = self._rest[:n], self._rest[n:]
         return data
 
+    def ready(self) -> bool:
+        return bool(self._rest) or self._part is None or not self._part.empty()
+
     def reopen(self) -> S3Stream:
         return S3Stream(self.ref, _ReadAhead(self._ahead.transport, [self.ref]), 0)
 
@@ -299,6 +302,9 @@ class _Part:
             self._q.put(None)
         except BaseException as e:  # handed to the reader, who stops the job naming the object
             self._q.put(e)
+
+    def empty(self) -> bool:
+        return self._q.empty()
 
     def get(self) -> bytes:
         """The next bytes, b"" at the end of the part; a failed download raises here."""
