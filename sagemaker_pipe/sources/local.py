@@ -123,6 +123,7 @@ class LocalTransport:
             raise ConfigError(f"{uri}: not a regular file or folder")
         refs = [ObjectRef(str(root / key), key, size) for key, size in _walk(root)]
         refs.sort(key=lambda r: sort_key(r.key))
+        check_readable(refs)
         return refs
 
     def read_bytes(self, uri: str) -> bytes:
@@ -141,11 +142,21 @@ class LocalTransport:
             if not stat.S_ISREG(st.st_mode):
                 raise ConfigError(f"{ref.uri}: not a regular file")
             out.append(ObjectRef(ref.uri, ref.key, st.st_size))
+        check_readable(out)
         return out
 
     def stream(self, refs: Iterable[ObjectRef]) -> Iterator[LocalStream]:
         for ref in refs:
             yield LocalStream(ref)
+
+
+def check_readable(refs: Sequence[ObjectRef], shown: int = 3) -> None:
+    """Files this process may not open fail the job now, not after the reader got an empty epoch."""
+    unreadable = [r.uri for r in refs if not os.access(r.uri, os.R_OK)]
+    if unreadable:
+        more = f" and {len(unreadable) - shown} more" if len(unreadable) > shown else ""
+        raise ConfigError(f"{len(unreadable)} file{'s' if len(unreadable) > 1 else ''} this process "
+                          f"(uid {os.geteuid()}) may not read: {', '.join(unreadable[:shown])}{more}")
 
 
 def _walk(root: Path) -> Iterator[tuple[str, int]]:
