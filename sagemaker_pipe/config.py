@@ -384,8 +384,10 @@ def _at_most(value: str, limit: int, what: str) -> None:
 
 
 def _short(value: Any) -> str:
-    """A value for an error line: its repr, cut so a huge number or string stays one short line."""
-    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else f"a {value.bit_length()}-bit number"
+    """A value for an error line, cut so that a huge number or string stays one short line."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"a {value.bit_length()}-bit number"
+    text = _shown(value) if isinstance(value, str) else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
