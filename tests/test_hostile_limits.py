@@ -26,6 +26,7 @@ from conftest import (
     channel,
     error_line,
     pattern,
+    sha,
     write_channel_file,
     write_tree,
 )
@@ -121,6 +122,23 @@ def test_a_channel_file_that_is_not_a_small_regular_file_is_refused(kind, tmp_pa
         proc = sidecar.run(*argv, timeout=15)
         assert proc.poll() == 2, proc.stderr
         assert str(path) in error_line(proc.stderr)
+    assert_nothing_written(ml_root)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+@pytest.mark.parametrize("data_type", ["ManifestFile", "AugmentedManifestFile"])
+def test_a_manifest_that_is_not_a_regular_file_is_refused(data_type, kind, tmp_path, ml_root, sidecar):
+    manifest = tmp_path / "m.json"
+    if kind == "fifo":
+        os.mkfifo(manifest)
+    else:
+        manifest.symlink_to("/dev/zero")
+    extra = {"s3_AttributeNames": ["source-ref"]} if data_type == "AugmentedManifestFile" else {}
+    cfg = write_channel_file(tmp_path / "ch.yaml", [channel("m", manifest, s3_S3DataType=data_type, **extra)])
+    proc = sidecar.run("--config", cfg, "--ml-root", ml_root, "--epochs", "1", timeout=15)
+    assert proc.poll() == 2, proc.stderr
+    line = error_line(proc.stderr)
+    assert "channel 'm'" in line and "not a regular file" in line, line
     assert_nothing_written(ml_root)
 
 
@@ -243,3 +261,58 @@ def test_a_file_mode_path_longer_than_the_file_system_takes_is_refused(tmp_path,
     line = error_line(proc.stderr)
     assert "channel 'deep'" in line and "allows 4095" in line, line
     assert not ml_root.exists() or not any((ml_root / "input").rglob("*.json"))
+
+
+# ------------------------------------------------------------------------------------------
+# 5. prompt bytes
+# ------------------------------------------------------------------------------------------
+
+TINY = 3000  # objects of a few bytes: together far under the 1 MiB a batch may gather
+
+
+@pytest.mark.timeout(240)
+def test_the_first_tiny_s3_object_reaches_the_reader_long_before_the_epoch_ends(seaweed_s3, bucket_name, tmp_path,
+                                                                                ml_root, sidecar, consumer):
+    """Before, small pieces waited in the batch until a megabyte gathered: an epoch of tiny objects
+    came all at once at its very end (ml-io gives up after 60 s without data)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from botocore.config import Config
+    from s3_servers import empty_and_delete_bucket
+
+    client = seaweed_s3.client(config=Config(max_pool_connections=16))
+    client.create_bucket(Bucket=bucket_name)
+    objects = {f"t/{i:05d}": b"%05d\n" % i for i in range(TINY)}
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda kv: client.put_object(Bucket=bucket_name, Key=kv[0], Body=kv[1]), objects.items()))
+        cfg = write_channel_file(tmp_path / "ch.yaml", [channel("train", f"s3://{bucket_name}/t/")])
+        side = sidecar.serve(cfg, ml_root, epochs=1, env=s3_env(seaweed_s3))
+        got = consumer(pattern(ml_root, "train"), 1, wait=60, timeout=200).results(200)[0]
+        assert side.wait(30) == 0, side.stderr
+    finally:
+        empty_and_delete_bucket(client, bucket_name)
+    assert got["sha256"] == sha(b"".join(objects[k] for k in sorted(objects)))
+    assert got["first_byte_s"] is not None and got["first_byte_s"] < 0.2 * got["seconds"], got
+
+
+def test_a_throttled_channel_of_small_files_arrives_evenly(tmp_path, ml_root, sidecar, consumer):
+    """100 files of 10 KB at 0.2 MB/s: about 5 s, the first bytes within half a second, and by
+    each second of the epoch about its share (before: nothing for 5 s, then everything)."""
+    rng = random.Random(5)
+    files = {f"f{i:03d}": rng.randbytes(10_000) for i in range(100)}
+    src = write_tree(tmp_path / "src", files)
+    rate = 0.2e6
+    cfg = write_channel_file(tmp_path / "ch.yaml", [channel("train", src, SageMakerPipe={"ThrottleMBps": 0.2})])
+    side = sidecar.serve(cfg, ml_root, epochs=1)
+    got = consumer(pattern(ml_root, "train"), 1, timeline=True).results(30)[0]
+    assert side.wait(15) == 0, side.stderr
+    assert got["sha256"] == sha(b"".join(files[k] for k in sorted(files)))
+    assert got["first_byte_s"] < 0.5, got["first_byte_s"]
+    timeline = got["timeline"]
+
+    def by(t: float) -> int:
+        return max([n for s, n in timeline if s <= t], default=0)
+
+    for t in (1.0, 2.0, 3.0, 4.0):
+        assert 0.6 * rate * t <= by(t) <= 1.4 * rate * t + 20_000, f"{by(t)} bytes by {t} s: {timeline[:5]}..."

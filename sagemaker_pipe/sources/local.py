@@ -127,8 +127,20 @@ class LocalTransport:
         return refs
 
     def read_bytes(self, uri: str) -> bytes:
+        """A manifest: a regular file, read up to its size (never a FIFO's wait nor a device's endless bytes)."""
         try:
-            return Path(uri).read_bytes()
+            fd = os.open(uri, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise ConfigError(f"{uri} is not a regular file")
+                parts, left = [], st.st_size
+                while left > 0 and (part := os.read(fd, min(left, CHUNK))):
+                    parts.append(part)
+                    left -= len(part)
+                return b"".join(parts)
+            finally:
+                os.close(fd)
         except OSError as e:
             raise ConfigError(f"cannot read {uri}: {e.strerror}") from None
 
