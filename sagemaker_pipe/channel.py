@@ -219,16 +219,16 @@ class ChannelWorker:
         batches = ((batch, done + k) for batch, k in
                    smallfiles.batches([self._table[i] for i in run], c.recordio, c.name, epoch))
         if not c.gunzip:
-            batches = _ahead(batches)
+            batches = _ahead(batches, done)
         try:
             yield from batches
         finally:
             batches.close()  # the helper thread is done before the caller moves on
 
 
-def _ahead(produced: Iterator[tuple[SinkChunk, int]]) -> Generator[tuple[SinkChunk, int], None, None]:
-    """`produced` made in a helper thread; whenever its next chunk is not ready, FLUSH comes first."""
-    done = 0
+def _ahead(produced: Iterator[tuple[SinkChunk, int]], done: int = 0) -> Generator[tuple[SinkChunk, int], None, None]:
+    """`produced` made in a helper thread; whenever its next chunk is not ready, FLUSH comes first
+    (with the count of units complete so far, `done` before the first chunk)."""
     for item in ahead(produced, AHEAD, idle=_IDLE):
         if item is _IDLE:
             yield FLUSH, done

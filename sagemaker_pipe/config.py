@@ -440,7 +440,11 @@ def _parse_hyperparameters(doc: Any, source: str) -> dict[str, str]:
     for k, v in doc.items():
         key = str(k)
         _at_most(key, MAX_HYPERPARAMETER_KEY, f"{source}: HyperParameters key {_short(key)}")
-        value = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+        try:
+            value = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+        except TypeError:  # a YAML date, set or binary: no JSON for it
+            raise ConfigError(f"{source}: HyperParameters.{_short(key)} is a YAML {type(v).__name__}; "
+                              "quote it to pass it as a string") from None
         _at_most(value, MAX_HYPERPARAMETER_VALUE, f"{source}: HyperParameters.{_short(key)}")
         out[key] = value
     return out

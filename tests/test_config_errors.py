@@ -159,6 +159,9 @@ CASES: dict[str, Case] = {
     "hyperparameter-list-value-too-long": Case(lambda t: (cfg_args(job(t, channel("train", good(t)),
                                                                        HyperParameters={"ids": list(range(1000))})),
                                                           ["HyperParameters.ids", "2500"])),
+    "hyperparameter-yaml-date": case_file(lambda p: ["HyperParameters.start", "date"], (
+        "InputDataConfig: [{ChannelName: t, DataSource: {S3DataSource: {S3Uri: /}}}]\n"
+        "HyperParameters: {start: 2020-01-01}\n")),
     "s3uri-1025": case_channels(["train", "S3Uri", "1024"],
                                 lambda t: [channel("train", "s3://bucket/" + "k" * 1013)]),
     "content-type-257": case_fields(["train", "ContentType", "256"], ContentType="x" * 257),
