@@ -160,7 +160,7 @@ CASES: dict[str, Case] = {
                                                                        HyperParameters={"ids": list(range(1000))})),
                                                           ["HyperParameters.ids", "2500"])),
     "hyperparameter-yaml-date": case_file(lambda p: ["HyperParameters.start", "date"], (
-        "InputDataConfig: [{ChannelName: t, DataSource: {S3DataSource: {S3Uri: /}}}]\n"
+        "InputDataConfig: [{ChannelName: t, DataSource: {S3DataSource: {S3Uri: /nonexistent}}}]\n"
         "HyperParameters: {start: 2020-01-01}\n")),
     "s3uri-1025": case_channels(["train", "S3Uri", "1024"],
                                 lambda t: [channel("train", "s3://bucket/" + "k" * 1013)]),
