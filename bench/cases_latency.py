@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import data
 from cases_s3 import BUCKET, S3Env
@@ -63,20 +64,27 @@ def case_latency(s: Settings, res: Results, s3: S3Env) -> None:
     case_throttled_small_files(s, res)
 
 
-def case_tiny_objects(s: Settings, res: Results, s3: S3Env) -> None:
-    count = 5000 if s.quick else 20_000
-    s3.put_many("tiny/", count, TINY_SIZE)
-    epochs = s.warmup + s.reps
-    firsts, ends = [], []
-    with Sidecar(s, "tiny", [channel("train", f"s3://{BUCKET}/tiny/")], epochs, env=s3.env) as side:
-        for i in range(epochs):
+def timed_epochs(s: Settings, name: str, chan: dict[str, Any], expected: int,
+                 env: dict[str, str] | None = None) -> tuple[list[float], list[float], list[float]]:
+    """After the warm-up, each epoch's seconds to its first byte, to its end, and its distance from an even pace."""
+    firsts, ends, gaps = [], [], []
+    with Sidecar(s, name, [chan], s.warmup + s.reps, env=env) as side:
+        for i in range(s.warmup + s.reps):
             wait_for(side.fifo("train", i), 60, side.proc)
-            first, end, _ = read_timed(side.fifo("train", i))
+            first, end, arrivals = read_timed(side.fifo("train", i))
             if i >= s.warmup:
                 firsts.append(first)
                 ends.append(end)
+                gaps.append(uneven(arrivals, end))
         lines = side.finish()
-    check_bytes(lines, "train", count * TINY_SIZE)
+    check_bytes(lines, "train", expected)
+    return firsts, ends, gaps
+
+
+def case_tiny_objects(s: Settings, res: Results, s3: S3Env) -> None:
+    count = 5000 if s.quick else 20_000
+    s3.put_many("tiny/", count, TINY_SIZE)
+    firsts, ends, _ = timed_epochs(s, "tiny", channel("train", f"s3://{BUCKET}/tiny/"), count * TINY_SIZE, s3.env)
     res.sample("latency-tiny", {"objects": count, "first_byte_s": firsts, "epoch_s": ends})
     first, end = median(firsts), median(ends)
     share = first / end if end > 0 else 1.0
@@ -93,19 +101,7 @@ def case_throttled_small_files(s: Settings, res: Results) -> None:
         (src / f"{i:04d}").write_bytes(block[i * THROTTLE_SIZE:(i + 1) * THROTTLE_SIZE])
     chan = channel("train", str(src))
     chan["SageMakerPipe"] = {"ThrottleMBps": THROTTLE_MBPS}
-    epochs = s.warmup + s.reps
-    firsts, gaps, ends = [], [], []
-    with Sidecar(s, "throttled", [chan], epochs) as side:
-        for i in range(epochs):
-            wait_for(side.fifo("train", i), 60, side.proc)
-            first, end, arrivals = read_timed(side.fifo("train", i))
-            if i >= s.warmup:
-                firsts.append(first)
-                ends.append(end)
-                gaps.append(uneven(arrivals, end))
-        lines = side.finish()
-    total = THROTTLE_FILES * THROTTLE_SIZE
-    check_bytes(lines, "train", total)
+    firsts, ends, gaps = timed_epochs(s, "throttled", chan, THROTTLE_FILES * THROTTLE_SIZE)
     res.sample("latency-throttled", {"first_byte_s": firsts, "epoch_s": ends, "uneven": gaps})
     what = f"{THROTTLE_FILES} x {THROTTLE_SIZE // 1000} KB throttled to {THROTTLE_MBPS:g} MB/s"
     first, gap, end = median(firsts), median(gaps), median(ends)
