@@ -70,6 +70,9 @@ def describe_job(job: Job, layout: Layout, plans: list[ChannelPlan] | None) -> d
     return {
         "hosts": list(job.hosts),
         "current_host": job.current_host,
+        "cluster": [{"host": h, "group": job.cluster.group_of(h).name,
+                     "instance_type": job.cluster.group_of(h).instance_type,
+                     "channels": [c.name for c in job.channels_of(h)]} for h in job.hosts],
         "hyperparameters": job.hyperparameters,
         "sources_checked": plans is not None,
         "channels": [_describe_channel(c, layout, job, by_name.get(c.name)) for c in job.channels],
@@ -81,6 +84,8 @@ def _describe_channel(c: Channel, layout: Layout, job: Job, plan: ChannelPlan | 
         "name": c.name, "mode": c.input_mode, "data_type": c.data_type, "uri": c.uri,
         "distribution": c.distribution, "compression": c.compression, "record_wrapper": c.record_wrapper,
         "content_type": c.content_type, "shuffle_seed": c.shuffle_seed,
+        "instance_groups": list(c.instance_groups), "receivers": list(job.receivers(c)),
+        "delivered": job.current_host in job.receivers(c),
     }
     if c.attribute_names:
         out["attribute_names"] = list(c.attribute_names)
@@ -95,7 +100,7 @@ def _describe_channel(c: Channel, layout: Layout, job: Job, plan: ChannelPlan | 
                    host_units=len(plan.epoch(0)), host_objects=len(share),
                    host_bytes=sum(r.size or 0 for r in share))
     notes = mode_notes(plan or ChannelPlan(c, ()))
-    if c.distribution == "ShardedByS3Key" and len(job.hosts) == 1:
+    if c.distribution == "ShardedByS3Key" and len(job.receivers(c)) == 1:
         notes.append("ShardedByS3Key with one host: the host gets every unit")
     out["notes"] = notes
     return out
@@ -106,7 +111,13 @@ def render_plan(source: str, d: dict[str, Any]) -> str:
     lines = [f"{source}: {len(d['channels'])} channel{'s' if len(d['channels']) != 1 else ''}, "
              f"host {d['current_host']} of {len(hosts)} ({', '.join(hosts)}), "
              f"{len(d['hyperparameters'])} hyperparameter{'s' if len(d['hyperparameters']) != 1 else ''}"]
-    sharded = len(hosts) > 1
+    lines.append("")
+    lines.append("hosts (instance group, instance type: channels):")
+    width = max(len(h["host"]) for h in d["cluster"])
+    for h in d["cluster"]:
+        this = "  <- this host" if h["host"] == d["current_host"] else ""
+        lines.append(f"  {h['host']:<{width}}  {h['group']}, {h['instance_type']}: "
+                     f"{', '.join(h['channels']) or '(no channels)'}{this}")
     for c in d["channels"]:
         lines.append("")
         lines.append(f"channel {c['name']}: {c['mode']} mode")
@@ -120,7 +131,7 @@ def render_plan(source: str, d: dict[str, Any]) -> str:
             if c["data_type"] == "AugmentedManifestFile":
                 text += f", {_count(c['objects'], 'referenced objects')}"
             text += f", {_bytes(c['bytes'])}"
-            if sharded and c["distribution"] == "ShardedByS3Key":
+            if len(c["receivers"]) > 1 and c["distribution"] == "ShardedByS3Key" and c["delivered"]:
                 text += f" (this host, epoch 0: {_count(c['host_units'], unit)}, {_bytes(c['host_bytes'])})"
             row.append(("objects", text))
         file_mode = c["mode"] in FILE_MODES
@@ -136,11 +147,16 @@ def render_plan(source: str, d: dict[str, Any]) -> str:
             row.append(("shuffle", "off (listing order every epoch)" if not file_mode else "off"))
         else:
             row.append(("shuffle", f"seed {c['shuffle_seed']}" + ("" if file_mode else ", a new order every epoch")))
-        dist = c["distribution"]
+        dist, receivers = c["distribution"], c["receivers"]
         if dist == "ShardedByS3Key":
-            dist += f" over {len(hosts)} host{'s' if len(hosts) != 1 else ''}"
+            dist += f" over {len(receivers)} host{'s' if len(receivers) != 1 else ''}"
         row.append(("distribution", dist))
-        if file_mode:
+        if c["instance_groups"]:
+            row.append(("groups", f"{', '.join(c['instance_groups'])} ({', '.join(receivers) or 'no hosts'})"))
+        if not c["delivered"]:
+            sees = "nothing on this host (not in the channel's instance groups): no FIFO, no folder, not in " \
+                   "inputdataconfig.json"
+        elif file_mode:
             sees = f"{c['folder']} (a folder, filled before the algorithm starts"
             sees += f": {_count(c['host_objects'], 'files')})" if "host_objects" in c else ")"
         else:

@@ -2,12 +2,14 @@
 
     sagemaker-pipe compose --hosts 3 --algorithm-image IMAGE > docker-compose.hosts.yml
 
-prints a Docker Compose file with one algorithm container and one sidecar per host. Host i
+prints a Docker Compose file with one algorithm container and one sidecar per host. Without
+--hosts the hosts come from the channel file's ResourceConfig (InstanceCount, or InstanceGroups:
+see config.parse_cluster), and each sidecar derives the same cluster from the file. Host i
 (`algo-i`, as SageMaker names them) is the algorithm service `algo-i` (hostname `algo-i` on the
 network `sagemaker`) and the sidecar `algo-i-sidecar`; the pair shares the named volume
 `algo-i-input` at /opt/ml/input. Every sidecar reads the same channel file (bind-mounted
 read-only at /config/channels.yaml) and is told the host list and its own name
-(SAGEMAKER_PIPE_HOSTS, SAGEMAKER_PIPE_CURRENT_HOST), so it writes that host's
+(SAGEMAKER_PIPE_CURRENT_HOST, and SAGEMAKER_PIPE_HOSTS with --hosts), so it writes that host's
 resourceconfig.json and streams that host's share of every ShardedByS3Key channel. Each
 algorithm starts once its sidecar is healthy.
 
@@ -28,7 +30,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from sagemaker_pipe.config import Channel, parse_job, read_document
+from sagemaker_pipe.config import Channel, Job, parse_job, read_document
 from sagemaker_pipe.errors import ConfigError
 from sagemaker_pipe.layout import CONTAINER_CONFIG
 
@@ -67,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         "container (hostname algo-i) and a sagemaker-pipe sidecar sharing its /opt/ml/input.",
         epilog="Paths in the channel file are as the sidecars see them: local channels under /data.",
     )
-    p.add_argument("--hosts", required=True, metavar="N", help="number of hosts (algo-1 ... algo-N)")
+    p.add_argument("--hosts", metavar="N", help="number of hosts (algo-1 ... algo-N; default: the channel file's "
+                   "ResourceConfig, InstanceCount or InstanceGroups)")
     p.add_argument("--algorithm-image", required=True, metavar="IMAGE", help="the training image to run on every host")
     p.add_argument("--channels", default=DEFAULT_CHANNELS, metavar="FILE",
                    help=f"channel file, mounted read-only into every sidecar (default {DEFAULT_CHANNELS})")
@@ -87,7 +90,7 @@ def compose_main(argv: list[str]) -> int:
     """`sagemaker-pipe compose ...`: print the compose file on stdout."""
     args = build_parser().parse_args(argv)
     doc = build_compose(
-        hosts=_count(args.hosts),
+        hosts=_count(args.hosts) if args.hosts is not None else None,
         algorithm_image=args.algorithm_image,
         channels=Path(args.channels),
         data=Path(args.data) if args.data is not None else None,
@@ -100,7 +103,7 @@ def compose_main(argv: list[str]) -> int:
 
 
 def build_compose(
-    hosts: int,
+    hosts: int | None,
     algorithm_image: str,
     channels: Path,
     data: Path | None = None,
@@ -108,16 +111,19 @@ def build_compose(
     algorithm_env: dict[str, str] | None = None,
     project: str = DEFAULT_PROJECT,
 ) -> dict[str, Any]:
-    """The compose document (a plain dict) for `hosts` hosts; every input is checked first."""
-    if not 1 <= hosts <= MAX_HOSTS:
+    """The compose document (a plain dict) for `hosts` hosts, None: the file's ResourceConfig; inputs checked first."""
+    if hosts is not None and not 1 <= hosts <= MAX_HOSTS:
         raise ConfigError(f"compose: --hosts must be 1 to {MAX_HOSTS} (got {hosts})")
     for what, image in (("--algorithm-image", algorithm_image), ("--sidecar-image", sidecar_image)):
         if not IMAGE_RE.fullmatch(image):
             raise ConfigError(f"compose: {what} must be an image name (got {image!r})")
     if not PROJECT_RE.fullmatch(project):
         raise ConfigError(f"compose: --project-name must be lower-case letters, digits, '-' and '_' (got {project!r})")
-    names = host_names(hosts)
-    job_channels = _container_channels(channels, names)
+    job = _container_job(channels, host_names(hosts) if hosts is not None else None)
+    names = host_names(hosts) if hosts is not None else list(job.hosts)
+    if len(names) > MAX_HOSTS:
+        raise ConfigError(f"compose: the channel file's ResourceConfig has {len(names)} hosts; at most {MAX_HOSTS}")
+    job_channels = list(job.channels)
     local = [c for c in job_channels if not c.uri.startswith("s3://")]
     uses_s3 = len(local) < len(job_channels)
     data_dir = _data_dir(data, local)
@@ -130,11 +136,10 @@ def build_compose(
     for host in names:
         sidecar = f"{host}-sidecar"
         volume = f"{host}-input"
-        environment: dict[str, str | None] = {
-            "SAGEMAKER_PIPE_CONFIG": CONTAINER_CONFIG,
-            "SAGEMAKER_PIPE_HOSTS": ",".join(names),
-            "SAGEMAKER_PIPE_CURRENT_HOST": host,
-        }
+        environment: dict[str, str | None] = {"SAGEMAKER_PIPE_CONFIG": CONTAINER_CONFIG}
+        if hosts is not None:
+            environment["SAGEMAKER_PIPE_HOSTS"] = ",".join(names)
+        environment["SAGEMAKER_PIPE_CURRENT_HOST"] = host
         if uses_s3:
             environment.update(dict.fromkeys(AWS_VARIABLES))  # null: taken from the shell when set there
         services[host] = {
@@ -202,12 +207,13 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(list, _Dumper.represent_list)
 
 
-def _container_channels(path: Path, hosts: list[str]) -> list[Channel]:
+def _container_job(path: Path, hosts: list[str] | None) -> Job:
     """The channel file validated as the sidecars will read it: relative paths against /config."""
     doc = read_document(path)
+    if hosts is None and not (isinstance(doc, dict) and "ResourceConfig" in doc):
+        raise ConfigError(f"compose: give --hosts N, or a ResourceConfig (InstanceCount or InstanceGroups) in {path}")
     base = PurePosixPath(CONTAINER_CONFIG).parent
-    job = parse_job(doc, base_dir=Path(base), source=str(path), hosts=hosts, current_host=hosts[0])
-    return list(job.channels)
+    return parse_job(doc, base_dir=Path(base), source=str(path), hosts=hosts)
 
 
 def _data_dir(data: Path | None, local: list[Channel]) -> Path | None:

@@ -29,13 +29,19 @@ WRAPPERS = ("None", "RecordIO")
 
 CHANNEL_FIELDS = {
     "ChannelName", "DataSource", "ContentType", "CompressionType",
-    "RecordWrapperType", "InputMode", "ShuffleConfig", "InstanceGroupNames",
+    "RecordWrapperType", "InputMode", "ShuffleConfig",
     "SageMakerPipe",  # local-only extensions; SageMaker itself has no such field
 }
 EXTENSION_FIELDS = {"ThrottleMBps"}
 S3_FIELDS = {"S3Uri", "S3DataType", "S3DataDistributionType", "AttributeNames", "InstanceGroupNames"}
+GROUP_FIELDS = {"InstanceGroupName", "InstanceType", "InstanceCount"}
 NAME_RE = re.compile(r"[A-Za-z0-9.\-_]{1,64}")
 HOST_RE = re.compile(r"[A-Za-z0-9.\-_]{1,64}")
+MAX_GROUPS = 5  # ResourceConfig.InstanceGroups and S3DataSource.InstanceGroupNames: at most 5 each
+HOMOGENEOUS = "homogeneousCluster"  # SageMaker's group name for a job without InstanceGroups
+# current_instance_type without ResourceConfig.InstanceType: the toolkit's own default, in none of its
+# EFA instance lists (sagemaker_training/__init__.py), so no launcher switches EFA on (docs/instance-groups.md).
+DEFAULT_INSTANCE_TYPE = "local"
 
 # CreateTrainingJob's own limits (botocore's sagemaker service model), so that what runs here runs there
 MAX_CHANNELS = 20
@@ -45,7 +51,6 @@ MAX_HYPERPARAMETER_VALUE = 2500
 MAX_S3_URI = 1024
 MAX_CONTENT_TYPE = 256
 MAX_ATTRIBUTE_NAME = 256
-MAX_INSTANCE_GROUPS = 5
 LONG = (-(1 << 63), (1 << 63) - 1)  # ShuffleConfig.Seed is a Long
 MAX_HOSTS = 10_000  # local: every host is listed in resourceconfig.json (the API's int32 allows far more)
 # The channel file itself: far above any real job, far below what would hurt
@@ -68,6 +73,7 @@ class Channel:
     content_type: str | None = None
     shuffle_seed: int | None = None
     throttle_mbps: float | None = None  # local-only: pace the channel like a slow source
+    instance_groups: tuple[str, ...] = ()  # S3DataSource.InstanceGroupNames; empty: every host
 
     @property
     def gunzip(self) -> bool:
@@ -79,17 +85,67 @@ class Channel:
 
 
 @dataclass(frozen=True)
+class InstanceGroup:
+    """One instance group as resourceconfig.json lists it: name, instance type, its hosts."""
+
+    name: str
+    instance_type: str
+    hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The hosts of a job in their instance groups, and the host this sidecar stands for.
+
+    A job without ResourceConfig.InstanceGroups is one group, `homogeneousCluster`, as SageMaker
+    names it.
+    """
+
+    groups: tuple[InstanceGroup, ...] = (InstanceGroup(HOMOGENEOUS, DEFAULT_INSTANCE_TYPE, ("algo-1",)),)
+    current_host: str = "algo-1"
+    heterogeneous: bool = False  # the groups came from ResourceConfig.InstanceGroups
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return tuple(h for g in self.groups for h in g.hosts)
+
+    def group_of(self, host: str) -> InstanceGroup:
+        return next(g for g in self.groups if host in g.hosts)
+
+    @property
+    def group(self) -> InstanceGroup:
+        return self.group_of(self.current_host)
+
+
+@dataclass(frozen=True)
 class Job:
     """What the sidecar serves: the channels and the cluster it pretends to be part of."""
 
     channels: tuple[Channel, ...]
     hyperparameters: dict[str, str] = field(default_factory=dict)
-    current_host: str = "algo-1"
-    hosts: tuple[str, ...] = ("algo-1",)
+    cluster: Cluster = field(default_factory=Cluster)
 
     @property
-    def host_index(self) -> int:
-        return self.hosts.index(self.current_host)
+    def current_host(self) -> str:
+        return self.cluster.current_host
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return self.cluster.hosts
+
+    def receivers(self, channel: Channel) -> tuple[str, ...]:
+        """The hosts a channel is delivered to: its InstanceGroupNames' hosts, or every host."""
+        if not channel.instance_groups:
+            return self.hosts
+        return tuple(h for h in self.hosts if self.cluster.group_of(h).name in channel.instance_groups)
+
+    def channels_of(self, host: str) -> tuple[Channel, ...]:
+        return tuple(c for c in self.channels if host in self.receivers(c))
+
+    @property
+    def served(self) -> tuple[Channel, ...]:
+        """The channels this host receives: the only ones in its FIFOs, folders and inputdataconfig.json."""
+        return self.channels_of(self.current_host)
 
 
 def load_job(path: str | Path, hosts: list[str] | None = None, current_host: str | None = None) -> Job:
@@ -212,20 +268,40 @@ def parse_job(
             raise ConfigError(f"channel {c.name!r}: ChannelName is used by more than one channel")
         seen.add(c.name)
 
-    host_list, me = _parse_hosts(top.get("ResourceConfig"), source)
-    if hosts is not None:
-        host_list = _check_hosts(hosts, "--hosts")
-        me = current_host or host_list[0]
-    elif current_host is not None:
-        me = current_host
-    if me not in host_list:
-        raise ConfigError(f"current host {me!r} is not among the hosts {', '.join(host_list)}")
+    cluster = parse_cluster(top.get("ResourceConfig"), source, hosts, current_host)
+    _check_instance_groups(channels, cluster, source)
     return Job(
         channels=tuple(channels),
         hyperparameters=_parse_hyperparameters(top.get("HyperParameters"), source),
-        current_host=me,
-        hosts=tuple(host_list),
+        cluster=cluster,
     )
+
+
+def parse_cluster(doc: Any, source: str = "channel file", hosts: list[str] | None = None,
+                  current_host: str | None = None) -> Cluster:
+    """The cluster from ResourceConfig (InstanceCount or InstanceGroups) and the --hosts/--current-host overrides.
+
+    InstanceGroups give hosts algo-1..algo-N numbered consecutively through the groups in the order
+    listed (2 + 1 instances: algo-1, algo-2 in the first group, algo-3 in the second). `hosts`
+    replaces a homogeneous cluster's hosts; with InstanceGroups it must name exactly their hosts.
+    """
+    groups, me, heterogeneous = _parse_resources(doc, source)
+    if hosts is not None:
+        listed = _check_hosts(hosts, "--hosts")
+        if heterogeneous:
+            derived = [h for g in groups for h in g.hosts]
+            if sorted(listed) != sorted(derived):
+                raise ConfigError(f"--hosts {','.join(listed)} does not match the hosts of ResourceConfig."
+                                  f"InstanceGroups ({', '.join(derived)}); leave --hosts out")
+        else:
+            groups = (InstanceGroup(HOMOGENEOUS, groups[0].instance_type, tuple(listed)),)
+        me = current_host or listed[0]
+    elif current_host is not None:
+        me = current_host
+    cluster = Cluster(groups, me, heterogeneous)
+    if me not in cluster.hosts:
+        raise ConfigError(f"current host {me!r} is not among the hosts {', '.join(cluster.hosts)}")
+    return cluster
 
 
 def resolve_local(uri: str, base_dir: PurePath) -> str:
@@ -261,6 +337,8 @@ def _parse_channel(doc: Any, index: int, job_mode: str, base_dir: Path) -> Chann
             f"channel #{index + 1}: ChannelName {name!r} must be 1-64 characters of letters, digits, '.', '-', '_'"
         )
     where = f"channel {name!r}"
+    if "InstanceGroupNames" in doc:
+        raise ConfigError(f"{where}: InstanceGroupNames belongs in DataSource.S3DataSource, as in SageMaker's API")
     _no_unknown(doc, CHANNEL_FIELDS, where)
 
     ds = doc.get("DataSource")
@@ -310,12 +388,6 @@ def _parse_channel(doc: Any, index: int, job_mode: str, base_dir: Path) -> Chann
         raise ConfigError(f"{where}: ContentType must be a string")
     if content_type is not None:
         _at_most(content_type, MAX_CONTENT_TYPE, f"{where}: ContentType")
-    for doc_, prefix in ((doc, ""), (s3, "DataSource.S3DataSource.")):
-        groups = doc_.get("InstanceGroupNames")
-        if groups is not None and not (isinstance(groups, list) and len(groups) <= MAX_INSTANCE_GROUPS
-                                       and all(isinstance(g, str) and 1 <= len(g) <= 64 for g in groups)):
-            raise ConfigError(f"{where}: {prefix}InstanceGroupNames must be a list of at most "
-                              f"{MAX_INSTANCE_GROUPS} group names of 1 to 64 characters")
 
     return Channel(
         name=name,
@@ -330,6 +402,7 @@ def _parse_channel(doc: Any, index: int, job_mode: str, base_dir: Path) -> Chann
         content_type=content_type,
         shuffle_seed=_parse_shuffle(doc.get("ShuffleConfig"), where),
         throttle_mbps=_parse_extensions(doc.get("SageMakerPipe"), where),
+        instance_groups=_parse_group_names(s3.get("InstanceGroupNames"), where),
     )
 
 
@@ -351,6 +424,21 @@ def _parse_shuffle(doc: Any, where: str) -> int | None:
     if isinstance(seed, bool) or not isinstance(seed, int) or not LONG[0] <= seed <= LONG[1]:
         raise ConfigError(f"{where}: ShuffleConfig.Seed must be a 64-bit integer (got {_short(seed)})")
     return seed
+
+
+def _parse_group_names(doc: Any, where: str) -> tuple[str, ...]:
+    """S3DataSource.InstanceGroupNames: 1 to 5 distinct group names (checked against the groups later)."""
+    if doc is None:
+        return ()
+    if (
+        not isinstance(doc, list)
+        or not 1 <= len(doc) <= MAX_GROUPS
+        or not all(_group_name(g) for g in doc)
+        or len(set(doc)) != len(doc)
+    ):
+        raise ConfigError(f"{where}: DataSource.S3DataSource.InstanceGroupNames must be a list of 1 to {MAX_GROUPS} "
+                          "distinct instance group names")
+    return tuple(doc)
 
 
 def _parse_extensions(doc: Any, where: str) -> float | None:
@@ -396,24 +484,89 @@ def _shown(key: Any) -> str:
     return key if isinstance(key, str) and key.isprintable() else repr(key)
 
 
-def _parse_hosts(doc: Any, source: str) -> tuple[list[str], str]:
-    """ResourceConfig: our CurrentHost/Hosts, or SageMaker's InstanceCount (hosts algo-1..algo-N)."""
+def _parse_resources(doc: Any, source: str) -> tuple[tuple[InstanceGroup, ...], str, bool]:
+    """ResourceConfig: SageMaker's InstanceType with InstanceCount or InstanceGroups, or our Hosts/CurrentHost."""
     if doc is None:
-        return ["algo-1"], "algo-1"
+        return Cluster().groups, "algo-1", False
     if not isinstance(doc, Mapping):
         raise ConfigError(f"{source}: ResourceConfig must be a mapping")
-    if "Hosts" in doc:
-        hosts = _check_hosts(doc["Hosts"], "ResourceConfig.Hosts")
+    if "InstanceGroups" in doc:
+        clash = [k for k in ("InstanceType", "InstanceCount", "Hosts") if k in doc]
+        if clash:  # SageMaker: "InstanceType or InstanceCount cannot be specified with InstanceGroups"
+            raise ConfigError(f"{source}: ResourceConfig.{clash[0]} cannot be given with ResourceConfig.InstanceGroups")
+        groups = _parse_groups(doc["InstanceGroups"], source)
+        heterogeneous = True
     else:
-        count = doc.get("InstanceCount", 1)
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_HOSTS:
-            raise ConfigError(f"{source}: ResourceConfig.InstanceCount must be an integer from 1 to {MAX_HOSTS} "
-                              f"(got {_short(count)})")
-        hosts = [f"algo-{i}" for i in range(1, count + 1)]
-    me = doc.get("CurrentHost", hosts[0])
+        instance_type = doc.get("InstanceType", DEFAULT_INSTANCE_TYPE)
+        if not isinstance(instance_type, str) or not instance_type.strip():
+            raise ConfigError(f"{source}: ResourceConfig.InstanceType must be an instance type name "
+                              f"(got {instance_type!r})")
+        if "Hosts" in doc:
+            hosts = _check_hosts(doc["Hosts"], "ResourceConfig.Hosts")
+        else:
+            count = doc.get("InstanceCount", 1)
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_HOSTS:
+                raise ConfigError(f"{source}: ResourceConfig.InstanceCount must be an integer from 1 to "
+                                  f"{MAX_HOSTS} (got {_short(count)})")
+            hosts = [f"algo-{i}" for i in range(1, count + 1)]
+        groups = (InstanceGroup(HOMOGENEOUS, instance_type, tuple(hosts)),)
+        heterogeneous = False
+    all_hosts = [h for g in groups for h in g.hosts]
+    me = doc.get("CurrentHost", all_hosts[0])
     if not isinstance(me, str):
         raise ConfigError(f"{source}: ResourceConfig.CurrentHost must be a host name")
-    return hosts, me
+    return groups, me, heterogeneous
+
+
+def _parse_groups(doc: Any, source: str) -> tuple[InstanceGroup, ...]:
+    """ResourceConfig.InstanceGroups: 1 to 5 named groups; their hosts numbered on through the list."""
+    where = f"{source}: ResourceConfig.InstanceGroups"
+    if not isinstance(doc, list) or not 1 <= len(doc) <= MAX_GROUPS:
+        raise ConfigError(f"{where} must be a list of 1 to {MAX_GROUPS} instance groups")
+    groups: list[InstanceGroup] = []
+    for i, g in enumerate(doc):
+        at = f"{where}[{i}]"
+        if not isinstance(g, Mapping):
+            raise ConfigError(f"{at} must be a mapping with InstanceGroupName, InstanceType and InstanceCount")
+        _no_unknown(g, GROUP_FIELDS, at, prefix="")
+        name, kind, count = g.get("InstanceGroupName"), g.get("InstanceType"), g.get("InstanceCount")
+        if not _group_name(name):
+            raise ConfigError(f"{at}.InstanceGroupName must be 1 to 64 printable characters (got {name!r})")
+        if any(name == other.name for other in groups):
+            raise ConfigError(f"{at}.InstanceGroupName {name!r} names two instance groups")
+        if not isinstance(kind, str) or not kind.strip():
+            raise ConfigError(f"{at}.InstanceType must be an instance type name (got {kind!r})")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_HOSTS:
+            raise ConfigError(f"{at}.InstanceCount must be a whole number from 0 to {MAX_HOSTS} "
+                              f"(got {_short(count)})")
+        first = sum(len(x.hosts) for x in groups) + 1
+        groups.append(InstanceGroup(name, kind, tuple(f"algo-{n}" for n in range(first, first + count))))
+    if not any(g.hosts for g in groups):
+        raise ConfigError(f"{where} has no instances: give at least one group an InstanceCount above 0")
+    return tuple(groups)
+
+
+def _group_name(name: Any) -> bool:
+    """SageMaker's InstanceGroupName: 1 to 64 characters (pattern `.+`); printable here, as it is shown in logs."""
+    return isinstance(name, str) and 1 <= len(name) <= 64 and name.isprintable()
+
+
+def _check_instance_groups(channels: list[Channel], cluster: Cluster, source: str) -> None:
+    """InstanceGroupNames name groups of the job, and are set on every channel or on none (as SageMaker checks)."""
+    names = [g.name for g in cluster.groups]
+    for c in channels:
+        if c.instance_groups and not cluster.heterogeneous:
+            raise ConfigError(f"channel {c.name!r}: DataSource.S3DataSource.InstanceGroupNames needs "
+                              "ResourceConfig.InstanceGroups (a heterogeneous cluster)")
+        for group in c.instance_groups:
+            if group not in names:
+                raise ConfigError(f"channel {c.name!r}: DataSource.S3DataSource.InstanceGroupNames: {group!r} is not "
+                                  f"an instance group of ResourceConfig.InstanceGroups ({', '.join(map(repr, names))})")
+    assigned = [c.name for c in channels if c.instance_groups]
+    if assigned and len(assigned) < len(channels):
+        missing = [c.name for c in channels if not c.instance_groups]
+        raise ConfigError(f"{source}: DataSource.S3DataSource.InstanceGroupNames is set on {', '.join(assigned)} "
+                          f"but not on {', '.join(missing)}; SageMaker needs it on every channel or on none")
 
 
 def _check_hosts(hosts: Any, what: str) -> list[str]:

@@ -1,7 +1,8 @@
 """A channel file from the JSON of `aws sagemaker describe-training-job`.
 
 Keeps SageMaker's field names, drops what only the API knows (and says so), takes the job's
-TrainingInputMode, HyperParameters and instance count, and rewrites S3 URI prefixes to local
+TrainingInputMode, HyperParameters and cluster (InstanceType with InstanceCount, or
+InstanceGroups), and rewrites S3 URI prefixes to local
 folders (`--map s3://bucket/prefix=./data`, the longest matching prefix wins).
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sagemaker_pipe.config import CHANNEL_FIELDS, S3_FIELDS
+from sagemaker_pipe.config import CHANNEL_FIELDS, GROUP_FIELDS, S3_FIELDS
 from sagemaker_pipe.errors import ConfigError
 
 LOCAL_ONLY_FIELDS = {"SageMakerPipe"}  # this tool's extensions: never in a describe output
@@ -59,9 +60,9 @@ def channel_file(describe: Any, maps: Sequence[tuple[str, str]] = ()) -> tuple[d
     hyper = describe.get("HyperParameters")
     if isinstance(hyper, Mapping) and hyper:
         doc["HyperParameters"] = {str(k): v if isinstance(v, str) else str(v) for k, v in hyper.items()}
-    count = _instance_count(describe.get("ResourceConfig"))
-    if count is not None:
-        doc["ResourceConfig"] = {"InstanceCount": count}
+    resources = _resources(describe.get("ResourceConfig"))
+    if resources:
+        doc["ResourceConfig"] = resources
     return doc, notes
 
 
@@ -107,14 +108,12 @@ def _data_source(ds: Any, where: str, maps: Sequence[tuple[str, str]], notes: li
     return {"S3DataSource": s3}
 
 
-def _instance_count(rc: Any) -> int | None:
+def _resources(rc: Any) -> dict[str, Any]:
+    """ResourceConfig's cluster fields: InstanceGroups, or InstanceType and InstanceCount (not the volume, keys...)."""
     if not isinstance(rc, Mapping):
-        return None
+        return {}
     groups = rc.get("InstanceGroups")
     if isinstance(groups, list) and groups:
-        counts = [g.get("InstanceCount") for g in groups if isinstance(g, Mapping)]
-        whole = [n for n in counts if isinstance(n, int) and not isinstance(n, bool)]
-        if whole and len(whole) == len(counts):
-            return sum(whole)
-    count = rc.get("InstanceCount")
-    return count if isinstance(count, int) and not isinstance(count, bool) else None
+        return {"InstanceGroups": [{k: v for k, v in g.items() if k in GROUP_FIELDS} if isinstance(g, Mapping) else g
+                                   for g in groups]}
+    return {k: rc[k] for k in ("InstanceType", "InstanceCount") if k in rc}

@@ -52,7 +52,12 @@ class ChannelPlan:
 
 
 def plan_job(job: Job) -> list[ChannelPlan]:
-    return [plan_channel(c, job.host_index, len(job.hosts)) for c in job.channels]
+    """The channels this host receives; a sharded one is split over the hosts that receive it."""
+    plans = []
+    for c in job.served:
+        receivers = job.receivers(c)
+        plans.append(plan_channel(c, receivers.index(job.current_host), len(receivers)))
+    return plans
 
 
 def plan_channel(channel: Channel, host_index: int = 0, host_count: int = 1) -> ChannelPlan:

@@ -26,9 +26,12 @@ GRACE_S = 1.0  # how long workers get to notice shutdown before their FIFOs are 
 
 
 def input_data_config(job: Job) -> dict[str, dict[str, str]]:
-    """inputdataconfig.json as SageMaker writes it (note S3DistributionType, no CompressionType)."""
+    """inputdataconfig.json as SageMaker writes it (note S3DistributionType, no CompressionType).
+
+    Only the channels this host receives: one for other instance groups is not listed.
+    """
     out = {}
-    for c in job.channels:
+    for c in job.served:
         entry = {
             "TrainingInputMode": c.input_mode,
             "S3DistributionType": c.distribution,
@@ -41,7 +44,17 @@ def input_data_config(job: Job) -> dict[str, dict[str, str]]:
 
 
 def resource_config(job: Job) -> dict[str, object]:
-    return {"current_host": job.current_host, "hosts": list(job.hosts), "network_interface_name": "eth0"}
+    """resourceconfig.json with the keys SageMaker writes since heterogeneous clusters (2022)."""
+    cluster = job.cluster
+    return {
+        "current_host": cluster.current_host,
+        "current_instance_type": cluster.group.instance_type,
+        "current_group_name": cluster.group.name,
+        "hosts": list(cluster.hosts),
+        "instance_groups": [{"instance_group_name": g.name, "instance_type": g.instance_type, "hosts": list(g.hosts)}
+                            for g in cluster.groups],
+        "network_interface_name": "eth0",
+    }
 
 
 def summary(history: dict[str, list[EpochStats]]) -> list[str]:

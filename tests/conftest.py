@@ -178,6 +178,15 @@ def error_line(stderr: str) -> str:
     return line
 
 
+def homogeneous_resources(host: str, hosts: list[str], instance_type: str = "local") -> dict:
+    """resourceconfig.json as SageMaker writes it for a job without instance groups (one group,
+    `homogeneousCluster`); `local` is what the sidecar writes without ResourceConfig.InstanceType."""
+    return {"current_host": host, "current_instance_type": instance_type, "current_group_name": "homogeneousCluster",
+            "hosts": hosts, "network_interface_name": "eth0",
+            "instance_groups": [{"instance_group_name": "homogeneousCluster", "instance_type": instance_type,
+                                 "hosts": hosts}]}
+
+
 def base_env(**extra: str) -> dict[str, str]:
     """The environment for every spawned process: no inherited SAGEMAKER_PIPE_* settings, the repo
     importable from any cwd, and AWS settings that can only ever reach 127.0.0.1."""

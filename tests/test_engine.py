@@ -25,6 +25,7 @@ from conftest import (
     channel,
     error_line,
     expected_stream,
+    homogeneous_resources,
     list_objects,
     object_payloads,
     pattern,
@@ -78,8 +79,7 @@ def test_three_channels_relative_absolute_and_file_uri(tmp_path, ml_root, sideca
             channel("valid", abs_src, RecordWrapperType="RecordIO",
                     s3_S3DataDistributionType="FullyReplicated"),
             channel("test", uri_src.as_uri(), CompressionType="Gzip",
-                    s3_S3DataDistributionType="ShardedByS3Key",  # one host: everything
-                    InstanceGroupNames=["group-a"]),
+                    s3_S3DataDistributionType="ShardedByS3Key"),  # one host: everything
         ],
     })
     # cwd is not the channel file's directory: "data/train" must resolve against the file, not
@@ -426,9 +426,9 @@ def test_describe_training_job_json(tmp_path, ml_root, sidecar, consumer, cat_re
                        "RecordWrapperType": "RecordIO"},
     }
     assert json.loads((conf / "hyperparameters.json").read_text()) == {"epochs": "3", "lr": "0.1"}
-    # describe-training-job's ResourceConfig (InstanceType/InstanceCount) is not a host list
-    assert json.loads((conf / "resourceconfig.json").read_text()) == {
-        "current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}
+    # describe-training-job's ResourceConfig: InstanceCount hosts, InstanceType the current instance type
+    assert json.loads((conf / "resourceconfig.json").read_text()) == homogeneous_resources(
+        "algo-1", ["algo-1"], "ml.m5.xlarge")
     finish(side)
 
 
@@ -493,8 +493,8 @@ def test_sharded_by_s3_key_splits_objects_between_hosts(tmp_path, sidecar, consu
         orders = _record_orders(c.results(), by_payload)
         assert cat_hashes(cat) == [sha(expected_stream(rep))] * EPOCHS  # FullyReplicated: everything
         assert side.wait(10) == 0, side.stderr
-        assert json.loads((ml / "input" / "config" / "resourceconfig.json").read_text()) == {
-            "current_host": host, "hosts": ["algo-1", "algo-2"], "network_interface_name": "eth0"}
+        assert json.loads((ml / "input" / "config" / "resourceconfig.json").read_text()) == homogeneous_resources(
+            host, ["algo-1", "algo-2"])
         assert all(sorted(o) == sorted(orders[0]) for o in orders), "shard changed between epochs without shuffle"
         per_host[host] = set(orders[0])
     a, b = per_host["algo-1"], per_host["algo-2"]

@@ -52,7 +52,8 @@ structures = st.recursive(
 KEYS = ["ChannelName", "DataSource", "S3DataSource", "S3Uri", "S3DataType", "S3DataDistributionType",
         "AttributeNames", "InputMode", "CompressionType", "RecordWrapperType", "ContentType", "ShuffleConfig",
         "Seed", "InstanceGroupNames", "SageMakerPipe", "ThrottleMBps", "InputDataConfig", "ResourceConfig",
-        "Hosts", "CurrentHost", "InstanceCount", "HyperParameters", "TrainingInputMode", "AlgorithmSpecification"]
+        "Hosts", "CurrentHost", "InstanceCount", "HyperParameters", "TrainingInputMode", "AlgorithmSpecification",
+        "InstanceGroups", "InstanceGroupName", "InstanceType"]
 
 
 def valid_doc() -> dict:
@@ -88,9 +89,20 @@ def at(doc: Any, path: tuple) -> Any:
     return doc
 
 
+def valid_group_doc() -> dict:
+    """A heterogeneous cluster: InstanceGroups, and InstanceGroupNames on every channel."""
+    doc = valid_doc()
+    doc["ResourceConfig"] = {"InstanceGroups": [
+        {"InstanceGroupName": "data", "InstanceType": "ml.c5.xlarge", "InstanceCount": 2},
+        {"InstanceGroupName": "dnn", "InstanceType": "ml.p3.2xlarge", "InstanceCount": 1}]}
+    for i, c in enumerate(doc["InputDataConfig"]):
+        c["DataSource"]["S3DataSource"]["InstanceGroupNames"] = [["data"], ["dnn"], ["data", "dnn"]][i]
+    return doc
+
+
 @st.composite
 def mutated_docs(draw) -> Any:
-    doc = valid_doc()
+    doc = draw(st.sampled_from([valid_doc, valid_group_doc]))()
     for _ in range(draw(st.integers(1, 4))):
         paths = containers(doc)
         if not paths:

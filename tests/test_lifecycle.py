@@ -20,6 +20,7 @@ from conftest import (
     channel,
     expected_stream,
     fifo,
+    homogeneous_resources,
     is_fifo,
     pattern,
     sha,
@@ -445,8 +446,7 @@ def test_config_files_written_before_first_fifo_with_exact_content(tmp_path, ml_
         "test": {"TrainingInputMode": "Pipe", "S3DistributionType": "FullyReplicated",
                  "RecordWrapperType": "None"},
     }
-    assert read_conf(ml_root, "resourceconfig.json") == {
-        "current_host": "algo-2", "hosts": ["algo-1", "algo-2", "algo-3"], "network_interface_name": "eth0"}
+    assert read_conf(ml_root, "resourceconfig.json") == homogeneous_resources("algo-2", ["algo-1", "algo-2", "algo-3"])
     assert read_conf(ml_root, "hyperparameters.json") == {
         "lr": "0.1", "batch_size": "32", "optimizer": "adam", "note": "a b c"}
     c = consumer(pattern(ml_root, "train"), 1)
@@ -467,8 +467,7 @@ def test_config_file_defaults(tmp_path, ml_root, sidecar):
         "other": {"TrainingInputMode": "Pipe", "S3DistributionType": "ShardedByS3Key",
                   "RecordWrapperType": "None"},
     }
-    assert read_conf(ml_root, "resourceconfig.json") == {
-        "current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}
+    assert read_conf(ml_root, "resourceconfig.json") == homogeneous_resources("algo-1", ["algo-1"])
     assert read_conf(ml_root, "hyperparameters.json") == {}
     assert side.alive(), side.stderr
 

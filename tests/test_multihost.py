@@ -28,7 +28,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, base_env, channel, error_line, object_payloads, write_channel_file
+from conftest import (
+    REPO,
+    base_env,
+    channel,
+    error_line,
+    homogeneous_resources,
+    object_payloads,
+    write_channel_file,
+)
 
 DATA = REPO / "examples" / "data"
 SHARDED = DATA / "sharded" / "train"
@@ -79,16 +87,19 @@ def run_job(procs, tmp_path: Path, channels: list[dict], n: int, epochs: int = E
         assert sidecars[host].wait(20) == 0, f"{host}'s sidecar failed: {sidecars[host].stderr}"
     for host in names:  # every host's resourceconfig.json lists all hosts and names its own
         resource = json.loads((tmp_path / host / "input" / "config" / "resourceconfig.json").read_text())
-        assert resource == {"current_host": host, "hosts": names, "network_interface_name": "eth0"}
+        assert resource == homogeneous_resources(host, names)
     return {host: readers[host].stdout for host in names}
 
 
-def shares(outputs: dict[str, str], name: str, epochs: int = EPOCHS) -> list[dict[str, list[str]]]:
-    """Per epoch: host -> the sha256 of each record it read, in order; checks each epoch line's count."""
+def shares(outputs: dict[str, str], name: str, epochs: int = EPOCHS,
+           cluster: list[str] | None = None) -> list[dict[str, list[str]]]:
+    """Per epoch: host -> the sha256 of each record it read, in order; checks each epoch line's count.
+
+    `cluster`: every host of the job, when `outputs` are only those that receive the channel."""
     per_epoch: list[dict[str, list[str]]] = [{} for _ in range(epochs)]
     for host, out in outputs.items():
         first = out.splitlines()[0]
-        assert first == f"host={host} hosts={','.join(outputs)}", first
+        assert first == f"host={host} hosts={','.join(cluster or outputs)}", first
         for epoch in range(epochs):
             records = re.findall(
                 rf"^record host={host} channel={name} epoch={epoch} index=\d+ bytes=\d+ sha256=([0-9a-f]{{64}})$",

@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import assert_nothing_written, error_line, pattern, write_tree
+from conftest import assert_nothing_written, error_line, homogeneous_resources, pattern, write_tree
 from s3_helpers import (
     MIB,
     JobRunner,
@@ -247,8 +247,7 @@ def test_many_channels_at_once_and_config_files(moto_s3, buckets, s3_jobs):
     assert idc["slash"] == {"TrainingInputMode": "Pipe", "S3DistributionType": "FullyReplicated",
                             "RecordWrapperType": "None", "ContentType": "application/octet-stream"}
     assert idc["aug-01"]["RecordWrapperType"] == "RecordIO"
-    assert job.config_json("resourceconfig.json") == {
-        "current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}
+    assert job.config_json("resourceconfig.json") == homogeneous_resources("algo-1", ["algo-1"])
 
 
 def test_listing_is_sorted_by_the_package_on_seaweedfs(seaweed_s3, buckets, s3_jobs):

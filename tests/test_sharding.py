@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 import pytest
+from conftest import homogeneous_resources
 from s3_helpers import (
     JobRunner,
     ModuleBuckets,
@@ -120,8 +121,7 @@ def start_hosts(s3_jobs: Any, server: Any, channels: list[dict], *, epochs: int 
 def finish_hosts(jobs: dict[str, Any]) -> dict[str, dict]:
     reads = {host: job.finish(timeout=60) for host, job in jobs.items()}
     for host, job in jobs.items():
-        assert job.config_json("resourceconfig.json") == {
-            "current_host": host, "hosts": HOSTS, "network_interface_name": "eth0"}
+        assert job.config_json("resourceconfig.json") == homogeneous_resources(host, HOSTS)
         idc = job.config_json("inputdataconfig.json")
         for entry in idc.values():
             assert entry["TrainingInputMode"] == "Pipe"
@@ -227,8 +227,7 @@ def test_instance_count_alone_serves_algo_1(moto_s3, buckets, s3_jobs):
     job = s3_jobs.start(moto_s3, {"InputDataConfig": [case_channel("prefix-recordio", bucket)],
                                   "ResourceConfig": {"InstanceCount": 3}})
     reads = job.finish()
-    assert job.config_json("resourceconfig.json") == {
-        "current_host": "algo-1", "hosts": HOSTS, "network_interface_name": "eth0"}
+    assert job.config_json("resourceconfig.json") == homogeneous_resources("algo-1", HOSTS)
     shares = [share_of(d, True) for d in reads["prefix-recordio"].data]
     assert all(s == shares[0] for s in shares)
     assert len(shares[0]) in (N_UNITS // 3, N_UNITS // 3 + 1), shares[0]

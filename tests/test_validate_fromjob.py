@@ -128,8 +128,7 @@ def describe_doc(bucket: str = "my-bucket") -> dict:
         "InputDataConfig": [
             {"ChannelName": "train",
              "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://{bucket}/data/train/",
-                                             "S3DataDistributionType": "FullyReplicated",
-                                             "InstanceGroupNames": ["group-a"]}},
+                                             "S3DataDistributionType": "FullyReplicated"}},
              "ContentType": "text/csv", "CompressionType": "None", "RecordWrapperType": "RecordIO",
              "ShuffleConfig": {"Seed": 7}},
             {"ChannelName": "validation",
@@ -158,11 +157,10 @@ def test_from_job_maps_prefixes_and_the_output_runs(tmp_path, ml_root, sidecar, 
     doc = yaml.safe_load(p.stdout)
     assert doc["TrainingInputMode"] == "Pipe"
     assert doc["HyperParameters"] == {"num_round": "100", "objective": "binary:logistic"}
-    assert doc["ResourceConfig"] == {"InstanceCount": 1}
+    assert doc["ResourceConfig"] == {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1}
     tr, va = doc["InputDataConfig"]
     assert tr["DataSource"]["S3DataSource"] == {"S3DataType": "S3Prefix", "S3Uri": "./data/train/",
-                                                "S3DataDistributionType": "FullyReplicated",
-                                                "InstanceGroupNames": ["group-a"]}
+                                                "S3DataDistributionType": "FullyReplicated"}
     assert (tr["RecordWrapperType"], tr["ShuffleConfig"], tr["ContentType"]) == ("RecordIO", {"Seed": 7}, "text/csv")
     assert va["DataSource"]["S3DataSource"]["S3Uri"] == "./valdata"  # the longer prefix won
     assert va["InputMode"] == "File"
@@ -189,15 +187,21 @@ def test_from_job_without_map_keeps_s3_and_loads(tmp_path, sidecar, moto_s3, see
     bucket = seeded_bucket(moto_s3, {"data/train/a.csv": b"a\n", "data/validation/v.csv": b"v\n"})
     describe = tmp_path / "describe.json"
     doc = describe_doc(bucket)
-    doc["ResourceConfig"] = {"InstanceGroups": [{"InstanceGroupName": "group-a", "InstanceType": "ml.m5.xlarge",
-                                                 "InstanceCount": 2}], "VolumeSizeInGB": 30}
+    groups = [{"InstanceGroupName": "group-a", "InstanceType": "ml.m5.xlarge", "InstanceCount": 2},
+              {"InstanceGroupName": "group-b", "InstanceType": "ml.c5.xlarge", "InstanceCount": 1}]
+    doc["ResourceConfig"] = {"InstanceGroups": groups, "VolumeSizeInGB": 30}
+    for c in doc["InputDataConfig"]:  # SageMaker: on every channel or on none
+        c["DataSource"]["S3DataSource"]["InstanceGroupNames"] = ["group-a"]
     describe.write_text(json.dumps(doc))
     p = sidecar.run("from-job", describe)
     assert p.poll() == 0, p.stderr
     assert "still reads s3://" in p.stderr
     out = tmp_path / "job.yaml"
     out.write_text(p.stdout)
-    assert yaml.safe_load(p.stdout)["ResourceConfig"] == {"InstanceCount": 2}
+    converted = yaml.safe_load(p.stdout)
+    assert converted["ResourceConfig"] == {"InstanceGroups": groups}
+    assert [c["DataSource"]["S3DataSource"]["InstanceGroupNames"] for c in converted["InputDataConfig"]] == \
+        [["group-a"], ["group-a"]]
     side = sidecar.serve(out, ml_root, "--progress-interval", "0", epochs=1, env=s3_env(moto_s3))
     wait_for_path(fifo(ml_root, "train", 0))
     # S3Uri .../data/validation (no trailing slash): keys are relative to the prefix's folder, data/
