@@ -536,9 +536,10 @@ def _parse_groups(doc: Any, source: str) -> tuple[InstanceGroup, ...]:
             raise ConfigError(f"{at}.InstanceGroupName {name!r} names two instance groups")
         if not isinstance(kind, str) or not kind.strip():
             raise ConfigError(f"{at}.InstanceType must be an instance type name (got {kind!r})")
-        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_HOSTS:
-            raise ConfigError(f"{at}.InstanceCount must be a whole number from 0 to {MAX_HOSTS} "
-                              f"(got {_short(count)})")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ConfigError(f"{at}.InstanceCount must be a whole number, 0 or more (got {_short(count)})")
+        if count > MAX_HOSTS:
+            raise ConfigError(f"{at}.InstanceCount is {_short(count)}; at most {MAX_HOSTS} hosts here")
         first = sum(len(x.hosts) for x in groups) + 1
         groups.append(InstanceGroup(name, kind, tuple(f"algo-{n}" for n in range(first, first + count))))
     if not any(g.hosts for g in groups):
