@@ -7,12 +7,12 @@ Environment variables (SAGEMAKER_PIPE_CONFIG, SAGEMAKER_PIPE_ML_ROOT, ...) and a
 import sys
 
 from sagemaker_pipe.cli import main
-from sagemaker_pipe.layout import CONTAINER_CONFIG, DEFAULT_ML_ROOT
+from sagemaker_pipe.layout import CONTAINER_CONFIG, CONTAINER_STATUS_FILE, DEFAULT_ML_ROOT
 
 CONTAINER_DEFAULTS = {
     "config": CONTAINER_CONFIG,
     "ml_root": DEFAULT_ML_ROOT,
-    "status_file": "/tmp/sagemaker-pipe/status.json",
+    "status_file": CONTAINER_STATUS_FILE,
 }
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sagemaker_pipe.fifo import BATCH, FifoWriter  # noqa: E402
+from sagemaker_pipe.chunks import BATCH  # noqa: E402
+from sagemaker_pipe.fifo import FifoWriter  # noqa: E402
 
 
 def one_run(total: int, account: bool) -> float:

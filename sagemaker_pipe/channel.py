@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 from sagemaker_pipe import readers, smallfiles, sources, transforms
 from sagemaker_pipe.ahead import ahead
+from sagemaker_pipe.chunks import FLUSH, SinkChunk
 from sagemaker_pipe.fifo import FifoSet, FifoWriter, ReaderGone, open_writer
 from sagemaker_pipe.layout import Layout
 from sagemaker_pipe.plan import ChannelPlan, Unit
 from sagemaker_pipe.sources import ObjectRef, ObjectStream
-from sagemaker_pipe.sources.base import FLUSH, SinkChunk
 
 log = logging.getLogger("sagemaker_pipe")
-MIN_WAIT_S = 0.005  # waits shorter than this, in all, say nothing about either side
+MIN_EPOCH_S = 0.05  # shorter epochs are mostly start-up: their shares of waiting say nothing
 AHEAD = 8  # chunks (up to a megabyte each) a helper thread may hold ready for the writer
 _IDLE = object()  # from ahead(): the helper has nothing ready
 
@@ -37,8 +37,16 @@ class EpochStats:
 
     @property
     def verdict(self) -> str:
-        """algorithm-bound, input-bound or balanced: which side the other mostly waited for."""
-        least = max(0.1 * self.seconds, MIN_WAIT_S)
+        """Which side mostly waited for the other, in words that match the two shares printed beside it.
+
+        input-bound: the reader was starved (>= 10% of the epoch, twice the writer's wait);
+        algorithm-bound: the writer was blocked (likewise); balanced: neither waited much, or both
+        alike; too-short: an epoch under MIN_EPOCH_S, where a few milliseconds of start-up would
+        read as 98% starved.
+        """
+        if self.seconds < MIN_EPOCH_S:
+            return "too-short"
+        least = 0.1 * self.seconds
         if self.starved_s >= 2 * self.blocked_s and self.starved_s >= least:
             return "input-bound"
         if self.blocked_s >= 2 * self.starved_s and self.blocked_s >= least:
@@ -181,7 +189,7 @@ class ChannelWorker:
                 run = []
             for part in unit.parts:
                 if isinstance(part, bytes):
-                    yield (transforms.record(part, c.name) if c.recordio else part), done
+                    yield (transforms.record(part, "an augmented manifest attribute") if c.recordio else part), done
                     continue
                 stream = next(streams)
                 try:

@@ -18,9 +18,9 @@ from sagemaker_pipe import __version__, commands, logs, malloc, readers
 from sagemaker_pipe.compose import compose_main
 from sagemaker_pipe.config import Channel, load_job, parse_job
 from sagemaker_pipe.errors import ConfigError, PipeError
-from sagemaker_pipe.layout import DEFAULT_ML_ROOT, Layout
+from sagemaker_pipe.layout import DEFAULT_ML_ROOT, Layout, status_file
 from sagemaker_pipe.plan import ChannelPlan, plan_channel, plan_job
-from sagemaker_pipe.sidecar import Sidecar
+from sagemaker_pipe.sidecar import INTERRUPTED, Sidecar
 
 PROG = "sagemaker-pipe"
 ENV = {  # option -> environment variable that sets it (for the container)
@@ -42,26 +42,48 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+COMMANDS = {  # name -> what it does, for the top-level --help (each has its own --help)
+    "validate": "check a channel file and print the plan the sidecar would serve",
+    "from-job": "turn `aws sagemaker describe-training-job` JSON into a channel file",
+    "status": "show a running sidecar's progress; exit 0 once it is ready (a health check)",
+    "compose": "print a Docker Compose file running one job on several hosts",
+}
+
+
+def _usage() -> str:
+    """The three forms, the sidecar's first."""
+    forms = [(f"{PROG} --config FILE [--ml-root DIR] [--epochs N] [options]", "the sidecar"),
+             (f"{PROG} COMMAND [--help] ...", ", ".join(COMMANDS)),
+             (f"{PROG} [-d] [-x] [-r] CHANNEL_NAME SRC DEST", "the original tool's form")]
+    width = max(len(form) for form, _ in forms)
+    return "\n       ".join(f"{form:<{width}}   ({what})" for form, what in forms)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
-        description="Stream SageMaker training channels into Pipe-mode FIFOs, epoch after epoch.",
-        epilog=f"Sidecar form: {PROG} --config FILE [--ml-root DIR] [--epochs N]. "
-        f"Original tool's form: {PROG} [-d] [-x] [-r] CHANNEL_NAME SRC DEST. "
-        f"Commands (each with --help): {PROG} validate | from-job | status | compose ... "
-        "Options may also be set by environment: "
-        + ", ".join(f"{v} (--{k.replace('_', '-')})" for k, v in ENV.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage=_usage(),
+        description="Stream SageMaker training channels into Pipe-mode FIFOs, epoch after epoch.\n\n"
+                    "commands:\n" + "".join(f"  {name:<10}{text}\n" for name, text in COMMANDS.items()),
+        epilog="Options may also be set by environment:\n"
+               + "".join(f"  {v:<34}--{k.replace('_', '-')}\n" for k, v in ENV.items()),
     )
     p.add_argument("legacy", nargs="*", metavar="CHANNEL_NAME SRC DEST", help="the original tool's arguments")
-    p.add_argument("--config", "-c", help="channel file (YAML or JSON) mirroring CreateTrainingJob's InputDataConfig")
-    p.add_argument("--ml-root", help=f"folder standing for /opt/ml (default {DEFAULT_ML_ROOT})")
-    p.add_argument("--epochs", help="stop after N epochs of every channel (default: serve until stopped)")
-    p.add_argument("--hosts", help="comma-separated host names, for ShardedByS3Key (default algo-1)")
-    p.add_argument("--current-host", help="which of --hosts this sidecar serves")
+    p.add_argument("--config", "-c", metavar="FILE",
+                   help="channel file (YAML or JSON) mirroring CreateTrainingJob's InputDataConfig")
+    p.add_argument("--ml-root", metavar="DIR", help=f"folder standing for /opt/ml (default {DEFAULT_ML_ROOT})")
+    p.add_argument("--epochs", metavar="N", help="stop after N epochs of every channel (default: serve until stopped)")
+    p.add_argument("--hosts", metavar="HOST,...", help="comma-separated host names, for ShardedByS3Key "
+                   "(default algo-1)")
+    p.add_argument("--current-host", metavar="HOST", help="which of --hosts this sidecar serves")
     p.add_argument("--throttle-mbps", metavar="N|CHANNEL=N,...",
                    help="pace channels to N MB/s, to see how the algorithm copes with a slow source")
-    p.add_argument("--status-file", help="write a JSON ready file here once the first FIFOs exist")
-    p.add_argument("--log-format", help="text (default) or json: one JSON object per log line, for CI")
+    p.add_argument("--status-file", metavar="FILE",
+                   help="where to keep the JSON status `sagemaker-pipe status` reads (default "
+                        "<ml-root>/input/.sagemaker-pipe/status.json)")
+    p.add_argument("--log-format", metavar="text|json",
+                   help="text (default) or json: one JSON object per log line, for CI")
     p.add_argument("--progress-interval", metavar="S", help="log each channel's progress every S seconds "
                    "(default 10; 0: off)")
     p.add_argument("--exit-when-idle", metavar="S", help="exit 0 once no FIFO has been opened for S seconds "
@@ -78,14 +100,19 @@ def main(argv: list[str] | None = None, defaults: dict[str, str] | None = None) 
     argv = sys.argv[1:] if argv is None else argv
     try:
         command = SUBCOMMANDS.get(argv[0]) if argv else None
-        if command is not None:
-            return command(argv[1:])
-        return serve(argv, defaults or {})
+        status = command(argv[1:]) if command is not None else serve(argv, defaults or {})
+        sys.stdout.flush()  # here, so that a reader gone (`| head`) is caught below, not at exit
+        return status
     except PipeError as e:
         print(logs.error_line(PROG, one_line(str(e)), e.exit_status), file=sys.stderr)
         return e.exit_status
-    except KeyboardInterrupt:  # a signal before the sidecar took over: nothing was written yet
+    except Terminated:  # SIGTERM before the sidecar took over: nothing was written yet, a normal stop
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: interrupted, as the shell counts it
+        return INTERRUPTED
+    except BrokenPipeError:  # whoever read our output stopped reading: end quietly, as `cat` would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail
+        return 128 + signal.SIGPIPE
 
 
 def serve(argv: list[str], defaults: dict[str, str]) -> int:
@@ -97,7 +124,6 @@ def serve(argv: list[str], defaults: dict[str, str]) -> int:
     logs.setup(args.log_format, args.debug)  # text or JSON lines; -d: every object
     malloc.keep_freed_buffers()  # before any thread allocates: chunk buffers are reused, not re-faulted
     epochs = _epochs(args.epochs)
-    status_file = Path(args.status_file) if args.status_file else None
     progress_interval = _seconds(args.progress_interval, "--progress-interval", 10.0, zero=True) or 0.0
     exit_when_idle = _seconds(args.exit_when_idle, "--exit-when-idle", None)
     readers.count()  # SAGEMAKER_PIPE_READERS, checked before anything is written
@@ -109,6 +135,7 @@ def serve(argv: list[str], defaults: dict[str, str]) -> int:
         job = None
         plans = [plan_channel(_legacy_channel(name, src, args))]
         layout = Layout(data_dir=Path(dest), config_dir=None)
+        status = Path(args.status_file) if args.status_file else None  # no ml-root to put one under
     else:
         if not args.config:
             raise ConfigError(f"no channel file: give --config FILE or set {ENV['config']}")
@@ -119,8 +146,9 @@ def serve(argv: list[str], defaults: dict[str, str]) -> int:
         job = load_job(args.config, hosts=hosts, current_host=args.current_host)
         plans = plan_job(job)
         layout = Layout.under(args.ml_root or DEFAULT_ML_ROOT)
+        status = status_file(args.status_file, args.ml_root or DEFAULT_ML_ROOT)
     plans = _throttled(plans, args.throttle_mbps)
-    return Sidecar(job, plans, layout, epochs=epochs, status_file=status_file,
+    return Sidecar(job, plans, layout, epochs=epochs, status_file=status,
                    progress_interval=progress_interval, exit_when_idle=exit_when_idle).run()
 
 
@@ -188,10 +216,14 @@ def _epochs(value: str | None) -> int | None:
     return n
 
 
+class Terminated(Exception):
+    """SIGTERM arrived before the sidecar installed its own handlers."""
+
+
 def _interrupt_on_sigterm() -> None:
-    """Until the sidecar installs its own handlers, SIGTERM stops as quietly as Ctrl-C."""
+    """Until the sidecar installs its own handlers, SIGTERM stops at once, with exit status 0."""
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     signal.signal(signal.SIGTERM, interrupt)
 

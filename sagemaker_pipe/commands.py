@@ -20,13 +20,14 @@ from sagemaker_pipe.config import Channel, Job, load_job, parse_job
 from sagemaker_pipe.errors import ConfigError
 from sagemaker_pipe.filemode import FILE_MODES, file_copies, mode_notes
 from sagemaker_pipe.fromjob import channel_file, parse_map
-from sagemaker_pipe.layout import DEFAULT_ML_ROOT, Layout
-from sagemaker_pipe.plan import ChannelPlan, plan_job
-from sagemaker_pipe.progress import human_size
+from sagemaker_pipe.layout import DEFAULT_ML_ROOT, Layout, status_file
+from sagemaker_pipe.plan import ChannelPlan, check_local_paths, plan_job
+from sagemaker_pipe.progress import human_size, pid_namespace
 from sagemaker_pipe.sources import ObjectRef
 
 PROG = "sagemaker-pipe"
 STATUS_ENV = "SAGEMAKER_PIPE_STATUS_FILE"
+ML_ROOT_ENV = "SAGEMAKER_PIPE_ML_ROOT"
 STALE_S = 30.0  # a status file not refreshed for this long belongs to a sidecar that is gone
 
 
@@ -49,10 +50,15 @@ def validate(argv: list[str]) -> int:
                    f"(default {DEFAULT_ML_ROOT})")
     p.add_argument("--hosts", help="comma-separated host names (overrides ResourceConfig)")
     p.add_argument("--current-host", help="which of the hosts to show the shard of")
+    p.add_argument("--skip-path-check", action="store_true",
+                   help="do not check that local paths exist (a channel file for a container, such as one for "
+                        "compose, names paths as the sidecar there sees them)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = p.parse_args(argv)
     job = load_job(args.file, hosts=args.hosts.split(",") if args.hosts else None, current_host=args.current_host)
-    layout = Layout.under(args.ml_root or os.environ.get("SAGEMAKER_PIPE_ML_ROOT") or DEFAULT_ML_ROOT)
+    layout = Layout.under(args.ml_root or os.environ.get(ML_ROOT_ENV) or DEFAULT_ML_ROOT)
+    if not args.skip_path_check:
+        check_local_paths(job, hint=" (paths as a container sees them? add --skip-path-check)")
     plans: list[ChannelPlan] | None = None
     if args.check_sources:
         plans = plan_job(job)
@@ -227,27 +233,33 @@ def status(argv: list[str]) -> int:
     p = _Parser(prog=f"{PROG} status",
                 description="Show the running sidecar's progress; exit 0 once it is ready (config files, "
                             "File-mode data and every first FIFO exist).")
-    p.add_argument("--status-file", default=os.environ.get(STATUS_ENV))
+    p.add_argument("--ml-root", help=f"the sidecar's ml-root, whose status file to read (default "
+                   f"{ML_ROOT_ENV}, else {DEFAULT_ML_ROOT})")
+    p.add_argument("--status-file", help=f"read this status file instead (default {STATUS_ENV}, else "
+                   "<ml-root>/input/.sagemaker-pipe/status.json): the sidecar's --status-file")
     p.add_argument("--json", action="store_true", help="print the status file's JSON")
     args = p.parse_args(argv)
-    if not args.status_file:
-        raise ConfigError(f"no status file: give --status-file or set {STATUS_ENV}")
+    path = status_file(args.status_file or os.environ.get(STATUS_ENV),
+                       args.ml_root or os.environ.get(ML_ROOT_ENV) or DEFAULT_ML_ROOT)
     try:
-        doc = json.loads(Path(args.status_file).read_text())
+        doc = json.loads(path.read_text())
         if not isinstance(doc, dict):
             raise ValueError
     except FileNotFoundError:
         doc = None
-        why = f"no status file at {args.status_file}: the sidecar has not started yet, or has exited"
+        why = f"no status file at {path}: the sidecar has not started yet, or has exited"
     except (OSError, ValueError):
         doc = None
-        why = f"cannot read {args.status_file} as a status file"
+        why = f"cannot read {path} as a status file"
     ready = False
     if doc is not None:
         age = time.time() - doc["updated"] if isinstance(doc.get("updated"), (int, float)) else 0.0
         ready = doc.get("ready") is True
         why = "" if ready else "config files, File-mode data or first FIFOs not all written yet"
-        if age > max(STALE_S, 10 * float(doc.get("interval_s") or 0)):
+        gone = _gone(doc)
+        if gone:
+            ready, why = False, gone
+        elif age > max(STALE_S, 10 * float(doc.get("interval_s") or 0)):
             ready = False
             why = f"the status file was last updated {age:.0f} s ago: is the sidecar still running?"
     if args.json:
@@ -255,6 +267,27 @@ def status(argv: list[str]) -> int:
     else:
         print(render_status(doc, ready, why))
     return 0 if ready else 1
+
+
+def _gone(doc: dict[str, Any]) -> str:
+    """Why the sidecar that wrote the status file is known to be gone, or "" (unknown, or running).
+
+    Only a pid from this pid namespace means anything here: a status file read through a volume
+    from another container names a process of that container.
+    """
+    pid, ns = doc.get("pid"), pid_namespace()
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or ns is None or doc.get("pid_ns") != ns:
+        return ""
+    try:
+        os.kill(pid, 0)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (ProcessLookupError, FileNotFoundError):
+        state = "gone"
+    except OSError:  # not ours to signal: it exists
+        return ""
+    if state in ("gone", "Z", "X"):  # a zombie has exited, only its parent has not noticed yet
+        return f"the sidecar (pid {pid}) is no longer running"
+    return ""
 
 
 def render_status(doc: dict[str, Any] | None, ready: bool, why: str) -> str:

@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlparse
 import yaml
 
 from sagemaker_pipe.errors import ConfigError
+from sagemaker_pipe.fields import TOP_LEVEL_KEYS, did_you_mean, got, shown, unknown
 
 DATA_TYPES = ("S3Prefix", "ManifestFile", "AugmentedManifestFile")
 DISTRIBUTIONS = ("FullyReplicated", "ShardedByS3Key")
@@ -248,6 +249,8 @@ def parse_job(
 ) -> Job:
     """Build a Job from the parsed document (a list of channels or a CreateTrainingJob-like mapping)."""
     top: Mapping[str, Any]
+    if isinstance(doc, Mapping):
+        _no_unknown_top_level(doc, source)
     if isinstance(doc, list):
         top, channels_doc = {}, doc
     elif isinstance(doc, Mapping) and "InputDataConfig" in doc:
@@ -275,6 +278,16 @@ def parse_job(
         hyperparameters=_parse_hyperparameters(top.get("HyperParameters"), source),
         cluster=cluster,
     )
+
+
+def _no_unknown_top_level(doc: Mapping[Any, Any], source: str) -> None:
+    """SageMaker's job keys pass (even those unused here), and keys of the user's own starting with
+    `x-` (as in compose files: a place for YAML anchors); anything else is likely a typo."""
+    for key in doc:
+        if key in TOP_LEVEL_KEYS or (isinstance(key, str) and key.startswith("x-")):
+            continue
+        own = "" if did_you_mean(key, TOP_LEVEL_KEYS) else " (keys of your own, such as YAML anchors, start with x-)"
+        raise ConfigError(f"{source}: {unknown(key, TOP_LEVEL_KEYS, kind='top-level field')}{own}")
 
 
 def parse_cluster(doc: Any, source: str = "channel file", hosts: list[str] | None = None,
@@ -322,7 +335,8 @@ def _job_input_mode(top: Mapping[str, Any], source: str) -> str:
     if mode is None:
         return "Pipe"
     if mode not in INPUT_MODES:
-        raise ConfigError(f"{source}: TrainingInputMode must be one of {', '.join(INPUT_MODES)} (got {mode!r})")
+        allowed = ", ".join(INPUT_MODES)
+        raise ConfigError(f"{source}: TrainingInputMode must be one of {allowed} {got(mode, INPUT_MODES)}")
     return str(mode)
 
 
@@ -331,7 +345,9 @@ def _parse_channel(doc: Any, index: int, job_mode: str, base_dir: Path) -> Chann
         raise ConfigError(f"channel #{index + 1}: expected a mapping of fields, got {type(doc).__name__}")
     name = doc.get("ChannelName")
     if name is None:
-        raise ConfigError(f"channel #{index + 1}: ChannelName is required")
+        typo = next((k for k in doc if k not in CHANNEL_FIELDS and did_you_mean(k, ["ChannelName"])), None)
+        also = f"; {unknown(typo, ['ChannelName'])}" if typo is not None else ""
+        raise ConfigError(f"channel #{index + 1}: ChannelName is required{also}")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
         raise ConfigError(
             f"channel #{index + 1}: ChannelName {name!r} must be 1-64 characters of letters, digits, '.', '-', '_'"
@@ -348,7 +364,7 @@ def _parse_channel(doc: Any, index: int, job_mode: str, base_dir: Path) -> Chann
         if key == "FileSystemDataSource":
             raise ConfigError(f"{where}: DataSource.FileSystemDataSource (EFS/FSx) is not supported; use S3DataSource")
         if key != "S3DataSource":
-            raise ConfigError(f"{where}: unknown field DataSource.{_shown(key)}")
+            raise ConfigError(f"{where}: {unknown(key, ['S3DataSource'], 'DataSource.')}")
     s3 = ds.get("S3DataSource")
     if not isinstance(s3, Mapping):
         raise ConfigError(f"{where}: DataSource.S3DataSource is required")
@@ -411,13 +427,15 @@ def _enum(doc: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: s
     value = doc.get(key, default)
     if value not in allowed:
         hint = " (the Converse data type is for Bedrock, not training channels)" if value == "Converse" else ""
-        raise ConfigError(f"{where}: {prefix}{key} must be one of {', '.join(allowed)} (got {value!r}){hint}")
+        raise ConfigError(f"{where}: {prefix}{key} must be one of {', '.join(allowed)} {got(value, allowed)}{hint}")
     return str(value)
 
 
 def _parse_shuffle(doc: Any, where: str) -> int | None:
     if doc is None:
         return None
+    if isinstance(doc, Mapping):
+        _no_unknown(doc, {"Seed"}, where, prefix="ShuffleConfig.")
     if not isinstance(doc, Mapping) or set(doc) != {"Seed"}:
         raise ConfigError(f"{where}: ShuffleConfig must be a mapping with exactly one field, Seed")
     seed = doc["Seed"]
@@ -463,7 +481,7 @@ def _parse_extensions(doc: Any, where: str) -> float | None:
 def _no_unknown(doc: Mapping[str, Any], known: set[str], where: str, prefix: str = "") -> None:
     for key in doc:
         if key not in known:
-            raise ConfigError(f"{where}: unknown field {prefix}{_shown(key)}")
+            raise ConfigError(f"{where}: {unknown(key, known, prefix)}")
 
 
 def _at_most(value: str, limit: int, what: str) -> None:
@@ -475,13 +493,8 @@ def _short(value: Any) -> str:
     """A value for an error line, cut so that a huge number or string stays one short line."""
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
         return f"a {value.bit_length()}-bit number"
-    text = _shown(value) if isinstance(value, str) else repr(value)
+    text = shown(value) if isinstance(value, str) else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _shown(key: Any) -> str:
-    """A field name as typed when it is plain printable text, else its repr (one line, NULs visible)."""
-    return key if isinstance(key, str) and key.isprintable() else repr(key)
 
 
 def _parse_resources(doc: Any, source: str) -> tuple[tuple[InstanceGroup, ...], str, bool]:

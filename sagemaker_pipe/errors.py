@@ -25,3 +25,10 @@ class DataError(PipeError):
 
 class Stopped(Exception):
     """Shutdown was requested while a worker waited; not an error."""
+
+
+def in_channel(e: PipeError, name: str) -> PipeError:
+    """The same error, its message led by the channel's name (once): mid-epoch errors are raised
+    where only an object is known, and a person needs to know which channel's setting to look at."""
+    prefix = f"channel {name!r}: "
+    return e if str(e).startswith(prefix) else type(e)(prefix + str(e))

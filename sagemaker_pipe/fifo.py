@@ -18,12 +18,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from sagemaker_pipe.chunks import BATCH, FLUSH, POLL_S, PROMPT_S, FileSpan, PipeSpan, SinkChunk, wait_readable
 from sagemaker_pipe.errors import DataError, Stopped
-from sagemaker_pipe.sources.base import FLUSH, FileSpan, PipeSpan, SinkChunk
-
-BATCH = 1 << 20  # small pieces are gathered up to this before one write()
-PROMPT_S = 0.02  # ... but no byte waits in a batch longer than this while more is being gathered
-POLL_S = 0.1  # the longest a blocked worker goes without checking for shutdown
 
 
 class ReaderGone(Exception):
@@ -243,15 +239,6 @@ class FifoWriter:
                 raise Stopped
         self.blocked_s += time.monotonic() - t0
         if self.stop.is_set():
-            raise Stopped
-
-
-def wait_readable(fd: int, stop: threading.Event) -> None:
-    """Wait until a pipe has bytes (or its writer is gone), checking for shutdown every POLL_S."""
-    poll = select.poll()
-    poll.register(fd, select.POLLIN)
-    while not poll.poll(POLL_S * 1000):
-        if stop.is_set():
             raise Stopped
 
 

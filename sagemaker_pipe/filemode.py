@@ -25,11 +25,11 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from sagemaker_pipe import sources
-from sagemaker_pipe.errors import ConfigError, DataError
+from sagemaker_pipe.chunks import CHUNK, FileSpan
+from sagemaker_pipe.errors import ConfigError, DataError, PipeError, in_channel
 from sagemaker_pipe.layout import Layout, make_dirs
 from sagemaker_pipe.plan import ChannelPlan
 from sagemaker_pipe.sources import ObjectRef
-from sagemaker_pipe.sources.base import CHUNK, FileSpan
 
 log = logging.getLogger("sagemaker_pipe")
 FILE_MODES = ("File", "FastFile")
@@ -210,6 +210,13 @@ def _remove_partials() -> None:
 
 def copy_channel(fc: FileCopy, stop: threading.Event, progress: CopyProgress | None = None) -> bool:
     """Replace `<data>/<channel>/` with exactly the channel's objects; False if stopped midway."""
+    try:
+        return _copy_channel(fc, stop, progress)
+    except PipeError as e:
+        raise in_channel(e, fc.name) from None
+
+
+def _copy_channel(fc: FileCopy, stop: threading.Event, progress: CopyProgress | None) -> bool:
     started = time.monotonic()
     _fresh_folder(fc)
     if progress is not None:

@@ -16,6 +16,14 @@ from typing import Any
 
 DEFAULT_ML_ROOT = "/opt/ml"
 CONTAINER_CONFIG = "/config/channels.yaml"
+CONTAINER_STATUS_FILE = "/tmp/sagemaker-pipe/status.json"  # the image's root file system is read-only
+STATUS_FOLDER = ".sagemaker-pipe"  # under <ml-root>/input; removed with the status file when the sidecar exits
+
+
+def status_file(named: str | None, ml_root: str | os.PathLike[str]) -> Path:
+    """The sidecar's status file: the one named (--status-file, SAGEMAKER_PIPE_STATUS_FILE), else a
+    hidden one beside the config and data folders, so that `status --ml-root DIR` finds it."""
+    return Path(named) if named else Path(ml_root) / "input" / STATUS_FOLDER / "status.json"
 
 
 @dataclass(frozen=True)

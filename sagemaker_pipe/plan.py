@@ -7,6 +7,7 @@ or malformed manifest fails the job up front; an epoch only reorders and shards 
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -14,9 +15,11 @@ from posixpath import normpath
 
 from sagemaker_pipe import sources
 from sagemaker_pipe.config import Channel, Job, resolve_local
-from sagemaker_pipe.errors import ConfigError, PipeError
+from sagemaker_pipe.errors import ConfigError, PipeError, in_channel
 from sagemaker_pipe.sources import ObjectRef
 
+MANIFEST = "(S3DataType: ManifestFile)"  # ends each manifest error: the setting that made it a manifest
+AUGMENTED = "(S3DataType: AugmentedManifestFile)"
 Part = ObjectRef | bytes  # an object to stream, or literal bytes from an augmented manifest
 
 
@@ -60,6 +63,14 @@ def plan_job(job: Job) -> list[ChannelPlan]:
     return plans
 
 
+def check_local_paths(job: Job, hint: str = "") -> None:
+    """Every local S3Uri exists, without listing it: the quick check `validate` makes of a mistyped path."""
+    for c in job.channels:
+        if not sources.is_s3(c.uri) and not os.path.exists(c.uri):
+            raise ConfigError(f"channel {c.name!r}: DataSource.S3DataSource.S3Uri {c.uri}: no such file or folder"
+                              f"{hint}")
+
+
 def plan_channel(channel: Channel, host_index: int = 0, host_count: int = 1) -> ChannelPlan:
     """List the channel's source (or read its manifest) once; errors name the channel and URI."""
     try:
@@ -72,7 +83,7 @@ def plan_channel(channel: Channel, host_index: int = 0, host_count: int = 1) -> 
         else:
             units = _augmented(channel)
     except PipeError as e:
-        raise ConfigError(f"channel {channel.name!r}: {e}") from None
+        raise ConfigError(str(in_channel(e, channel.name))) from None
     return ChannelPlan(channel, tuple(units), host_index, host_count)
 
 
@@ -81,32 +92,32 @@ def _manifest(uri: str) -> list[ObjectRef]:
     try:
         doc = json.loads(sources.transport_for(uri).read_bytes(uri))
     except (ValueError, UnicodeDecodeError):
-        raise ConfigError(f"manifest {uri} is not valid JSON") from None
+        raise ConfigError(f"manifest {uri} is not valid JSON {MANIFEST}") from None
     if not (isinstance(doc, list) and doc and isinstance(doc[0], dict) and isinstance(doc[0].get("prefix"), str)):
-        raise ConfigError(f'manifest {uri} must be a JSON array starting with {{"prefix": "..."}}')
+        raise ConfigError(f'manifest {uri} must be a JSON array starting with {{"prefix": "..."}} {MANIFEST}')
     prefix = doc[0]["prefix"]
     if not sources.is_s3(prefix):
         if sources.is_s3(uri):
-            raise ConfigError(f"manifest {uri}: a manifest in S3 needs an s3:// prefix (got {prefix!r})")
+            raise ConfigError(f"manifest {uri}: a manifest in S3 needs an s3:// prefix (got {prefix!r}) {MANIFEST}")
         end = "/" if prefix.endswith("/") else ""  # keys are appended to the prefix as a string
         prefix = resolve_local(prefix, PurePath(uri).parent) + end
     refs = []
     for i, key in enumerate(doc[1:], start=1):
         if not isinstance(key, str):
-            raise ConfigError(f"manifest {uri}: entry {i} is not a string")
+            raise ConfigError(f"manifest {uri}: entry {i} is not a string {MANIFEST}")
         refs.append(ObjectRef(_join(prefix, key, f"manifest {uri}: entry {i}"), key))
     if not refs:
-        raise ConfigError(f"manifest {uri} lists no objects")
+        raise ConfigError(f"manifest {uri} lists no objects {MANIFEST}")
     return refs
 
 
 def _join(prefix: str, key: str, where: str) -> str:
     """prefix + key, refusing keys that would leave the prefix on a file system."""
     if "\0" in key:
-        raise ConfigError(f"{where}: key contains a NUL byte")
+        raise ConfigError(f"{where}: key contains a NUL byte {MANIFEST}")
     if not sources.is_s3(prefix):
         if key.startswith("/") or normpath(key).split("/")[0] == "..":
-            raise ConfigError(f"{where}: key {key!r} escapes the prefix")
+            raise ConfigError(f"{where}: key {key!r} escapes the prefix {MANIFEST}")
     return prefix + key
 
 
@@ -115,13 +126,13 @@ def _ref_uri(manifest: str, value: str, number: int) -> str:
     if sources.is_s3(value):
         return value
     if sources.is_s3(manifest):
-        raise ConfigError(f"augmented manifest {manifest}: line {number}: {value!r} is not an s3:// URI")
+        raise ConfigError(f"augmented manifest {manifest}: line {number}: {value!r} is not an s3:// URI {AUGMENTED}")
     if "\0" in value:
-        raise ConfigError(f"augmented manifest {manifest}: line {number}: reference contains a NUL byte")
+        raise ConfigError(f"augmented manifest {manifest}: line {number}: reference contains a NUL byte {AUGMENTED}")
     try:
         return resolve_local(value, PurePath(manifest).parent)
     except ValueError as e:
-        raise ConfigError(f"augmented manifest {manifest}: line {number}: {e}") from None
+        raise ConfigError(f"augmented manifest {manifest}: line {number}: {e} {AUGMENTED}") from None
 
 
 def _augmented(channel: Channel) -> list[Unit]:
@@ -130,7 +141,7 @@ def _augmented(channel: Channel) -> list[Unit]:
     try:
         text = sources.transport_for(uri).read_bytes(uri).decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError(f"augmented manifest {uri} is not UTF-8 text") from None
+        raise ConfigError(f"augmented manifest {uri} is not UTF-8 text {AUGMENTED}") from None
     units: list[Unit] = []
     refs: list[ObjectRef] = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -139,17 +150,18 @@ def _augmented(channel: Channel) -> list[Unit]:
         try:
             record = json.loads(line)
         except ValueError:
-            raise ConfigError(f"augmented manifest {uri}: line {number} is not valid JSON") from None
+            raise ConfigError(f"augmented manifest {uri}: line {number} is not valid JSON {AUGMENTED}") from None
         if not isinstance(record, dict):
-            raise ConfigError(f"augmented manifest {uri}: line {number} is not a JSON object")
+            raise ConfigError(f"augmented manifest {uri}: line {number} is not a JSON object {AUGMENTED}")
         parts: list[Part] = []
         for name in channel.attribute_names:
             if name not in record:
-                raise ConfigError(f"augmented manifest {uri}: line {number} lacks attribute {name!r}")
+                raise ConfigError(f"augmented manifest {uri}: line {number} lacks attribute {name!r} "
+                                  f"(AttributeNames: {', '.join(channel.attribute_names)})")
             value = record[name]
             if name.endswith("-ref"):
                 if not isinstance(value, str) or not value:
-                    raise ConfigError(f"augmented manifest {uri}: line {number}: {name} must be a URI")
+                    raise ConfigError(f"augmented manifest {uri}: line {number}: {name} must be a URI {AUGMENTED}")
                 ref = ObjectRef(_ref_uri(uri, value, number), value.rsplit("/", 1)[-1])
                 refs.append(ref)
                 parts.append(ref)
@@ -159,6 +171,6 @@ def _augmented(channel: Channel) -> list[Unit]:
                 parts.append(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
         units.append(Unit(tuple(parts)))
     if not units:
-        raise ConfigError(f"augmented manifest {uri} has no lines")
+        raise ConfigError(f"augmented manifest {uri} has no lines {AUGMENTED}")
     sized = {r.uri: r for r in sources.stat(refs)}
     return [Unit(tuple(sized[p.uri] if isinstance(p, ObjectRef) else p for p in u.parts)) for u in units]

@@ -227,6 +227,7 @@ class Monitor:
         out: dict[str, Any] = {
             "ready": self.is_ready,
             "pid": os.getpid(),
+            "pid_ns": pid_namespace(),  # `status` checks the pid only from the same namespace
             "channels": list(self.channels),
             "started": round(self.started, 3),
             "updated": round(time.time(), 3),
@@ -282,6 +283,14 @@ class Monitor:
             else:
                 continue
             log.info(msg, extra={"fields": fields})
+
+
+def pid_namespace() -> int | None:
+    """The pid namespace this process is in (a container has its own), None where there is no /proc."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 def human_size(n: float) -> str:

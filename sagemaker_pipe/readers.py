@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import IO
 
 from sagemaker_pipe import smallfiles
+from sagemaker_pipe.chunks import BATCH, POLL_S, PipeSpan, SinkChunk, wait_readable
 from sagemaker_pipe.errors import ConfigError, DataError, Stopped
-from sagemaker_pipe.fifo import BATCH, POLL_S, wait_readable
-from sagemaker_pipe.sources.base import PipeSpan, SinkChunk
 
 MIN_UNITS = 4096  # shorter runs are read in the channel's own process: starting readers costs more
 DEPTH = 2  # orders queued per reader, so that none waits for its next one

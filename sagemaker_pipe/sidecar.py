@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -14,15 +15,16 @@ from types import FrameType
 
 from sagemaker_pipe.channel import ChannelWorker, EpochStats
 from sagemaker_pipe.config import Job
-from sagemaker_pipe.errors import ConfigError, PipeError, Stopped
+from sagemaker_pipe.errors import ConfigError, PipeError, Stopped, in_channel
 from sagemaker_pipe.fifo import FifoSet, replace_stale
 from sagemaker_pipe.filemode import copy_all, file_copies, is_file_mode
-from sagemaker_pipe.layout import Layout, make_dirs
+from sagemaker_pipe.layout import STATUS_FOLDER, Layout, make_dirs
 from sagemaker_pipe.plan import ChannelPlan
 from sagemaker_pipe.progress import Monitor
 
 log = logging.getLogger("sagemaker_pipe")
 GRACE_S = 1.0  # how long workers get to notice shutdown before their FIFOs are removed under them
+INTERRUPTED = 128 + signal.SIGINT  # the exit status a shell gives Ctrl-C
 
 
 def input_data_config(job: Job) -> dict[str, dict[str, str]]:
@@ -90,6 +92,7 @@ class Sidecar:
         self.epochs = epochs
         self.status_file = status_file
         self.stop = threading.Event()
+        self.signals: list[int] = []  # the signal that stopped the sidecar, once one has
         self.fifos = FifoSet()
         self.errors: list[BaseException] = []
         self.history: dict[str, list[EpochStats]] = {p.channel.name: [] for p in self.plans}
@@ -113,7 +116,7 @@ class Sidecar:
         self.monitor.start()
         try:
             if not copy_all(self.files, self.stop, self.monitor.channels):  # File-mode data before any FIFO
-                return 0  # stopped while copying
+                return self._stopped_status()  # stopped while copying
             self._make_first_fifos()
             self.monitor.ready()  # config, File-mode data and first FIFOs exist: health checks pass
             threads = [threading.Thread(target=self._work, args=(p,), name=p.channel.name, daemon=True)
@@ -133,11 +136,19 @@ class Sidecar:
             self.fifos.remove_all()
             if self.status_file is not None:
                 self.status_file.unlink(missing_ok=True)
+                if self.status_file.parent.name == STATUS_FOLDER:  # the default one's, under the ml-root
+                    with contextlib.suppress(OSError):
+                        self.status_file.parent.rmdir()
             for line in summary(self.history):
                 log.info(line)
         if self.errors:
             raise self.errors[0]
-        return 0
+        return self._stopped_status()
+
+    def _stopped_status(self) -> int:
+        """0 for a normal end or SIGTERM (docker stop, compose down); 130 after SIGINT (Ctrl-C),
+        so that a shell script or make running the sidecar stops too."""
+        return INTERRUPTED if signal.SIGINT in self.signals else 0
 
     def _prepare_data_dir(self) -> None:
         """Make the data folder and clear `<channel>_<n>` files an earlier run left there."""
@@ -168,7 +179,7 @@ class Sidecar:
         except Stopped:
             pass
         except PipeError as e:
-            self.errors.append(e)
+            self.errors.append(in_channel(e, plan.channel.name))
             self.stop.set()
         except BaseException as e:  # a bug: still stop everything and clean up
             log.exception("channel %s failed", plan.channel.name)
@@ -176,17 +187,19 @@ class Sidecar:
             self.stop.set()
 
     def _handle_signals(self) -> None:
-        stop_on_signals(self.stop)
+        self.signals = stop_on_signals(self.stop)
 
 
-def stop_on_signals(stop: threading.Event) -> None:
+def stop_on_signals(stop: threading.Event) -> list[int]:
     """SIGTERM and SIGINT set `stop`, from a thread of their own.
 
     A Python signal handler runs in the main thread between two bytecodes, possibly while that
     thread holds the lock inside `stop.wait()`; setting the Event there deadlocks. So the
     handlers do nothing, Python's C-level handler writes each signal's number to a pipe
-    (signal.set_wakeup_fd), and a watcher thread reads it and sets the Event.
+    (signal.set_wakeup_fd), and a watcher thread reads it and sets the Event. Returns the list
+    the watcher puts the signal's number in.
     """
+    received: list[int] = []
     r, w = os.pipe()
     os.set_blocking(w, False)
     signal.set_wakeup_fd(w, warn_on_full_buffer=False)
@@ -198,9 +211,11 @@ def stop_on_signals(stop: threading.Event) -> None:
             pass
         if got:
             log.info("%s received: removing FIFOs and exiting", signal.Signals(got[0]).name)
+            received.append(got[0])
             stop.set()
 
     threading.Thread(target=watch, name="signals", daemon=True).start()
+    return received
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING
 
-from sagemaker_pipe.fifo import BATCH, PROMPT_S
+from sagemaker_pipe.chunks import BATCH, PROMPT_S
 from sagemaker_pipe.sources import ObjectRef
 from sagemaker_pipe.sources.local import SMALL, is_small, read_small
 from sagemaker_pipe.transforms import MAX_RECORD, RECORDIO_MAGIC, recordio_header
@@ -85,7 +85,8 @@ def batches(units: Sequence[Pieces], recordio: bool, name: str,
                     log.debug("channel=%s epoch=%d object=%s bytes=%d", name, epoch, uri, len(data))
             n = len(data)
             if recordio:
-                batch += pack(RECORDIO_MAGIC, n) if n <= MAX_RECORD else recordio_header(n, name)
+                batch += pack(RECORDIO_MAGIC, n) if n <= MAX_RECORD else recordio_header(
+                    n, "an augmented manifest attribute" if piece is data else uri)
                 batch += data
                 batch += _PADS[n & 3]
             else:

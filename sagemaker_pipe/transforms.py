@@ -17,10 +17,8 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
+from sagemaker_pipe.chunks import CHUNK, FLUSH, PROMPT_S, Chunk, FileSpan, ObjectStream, PipeSpan, SinkChunk
 from sagemaker_pipe.errors import DataError, Stopped
-from sagemaker_pipe.fifo import PROMPT_S
-from sagemaker_pipe.sources import ObjectStream
-from sagemaker_pipe.sources.base import CHUNK, FLUSH, Chunk, FileSpan, PipeSpan, SinkChunk
 
 log = logging.getLogger("sagemaker_pipe")
 
@@ -45,11 +43,14 @@ RECORDIO_MAGIC = 0xCED7230A
 MAX_RECORD = (1 << 29) - 1  # the length field has 29 bits; longer payloads would need split records
 GZIP_HOLD = 64 << 20  # gunzipped RecordIO payloads up to this are held once; longer ones are inflated twice
 _PAD = b"\0\0\0"
+GZIP_MAGIC = b"\x1f\x8b"
+GZIP_SETTING = "CompressionType: Gzip"  # named in every gunzip error: the setting that asked for it
 
 
 def recordio_header(length: int, name: str) -> bytes:
     if length > MAX_RECORD:
-        raise DataError(f"{name}: {length} bytes is too large for one RecordIO record (limit {MAX_RECORD})")
+        raise DataError(f"{name} is {length} bytes, too large for one RecordIO record of at most {MAX_RECORD} "
+                        "(RecordWrapperType: RecordIO)")
     return struct.pack("<II", RECORDIO_MAGIC, length)
 
 
@@ -118,11 +119,13 @@ def inflate(stream: ObjectStream) -> Iterator[bytes]:
             if d is not None and not buf.strip(b"\0"):
                 buf = b""
                 continue
+            if len(buf) >= 2 and buf[:2] != GZIP_MAGIC:
+                raise DataError(f"{name} is not gzip data ({GZIP_SETTING})")
             d = inflater.decompressobj(zlib.MAX_WBITS | 16)
         try:
             out = d.decompress(buf, CHUNK)
         except inflater.error as e:
-            raise DataError(f"{name} is not valid gzip data ({e})") from None
+            raise DataError(f"{name} is not valid gzip data: {e} ({GZIP_SETTING})") from None
         buf = d.unused_data if d.eof else d.unconsumed_tail
         if out:
             yield out
@@ -131,7 +134,7 @@ def inflate(stream: ObjectStream) -> Iterator[bytes]:
         if out:
             yield out
         if not d.eof:
-            raise DataError(f"{name} is not valid gzip data (truncated)")
+            raise DataError(f"{name} is not valid gzip data: truncated ({GZIP_SETTING})")
 
 
 def _checked(chunks: Iterator[Chunk], expected: int, name: str) -> Iterator[Chunk]:

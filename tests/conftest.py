@@ -16,10 +16,12 @@ import hashlib
 import json
 import os
 import queue
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +46,7 @@ import recordio  # noqa: E402  (tests/recordio.py, after the sys.path line above
 ERROR_PREFIX = "sagemaker-pipe: error:"
 CONSUMER = str(TESTS / "consumers.py")
 ENTRYPOINT = str(REPO / "entrypoint.py")
+COMMAND = Path(sys.executable).parent / "sagemaker-pipe"  # the console script pip installed beside this Python
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,6 +364,31 @@ class ProcessRegistry:
             p.kill()
 
 
+_RUN_TEMP = pytest.StashKey[Path]()  # the run's temp folder, made by pytest_configure
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every temporary file of the run in one folder under the system's temp, removed at the end.
+
+    Without it pytest keeps its last three runs and the S3 servers and SeaweedFS's logs stay in
+    /tmp (about 1.4 GB after a full run). TMPDIR reaches every process the tests start. A
+    --basetemp given on the command line is the user's and is kept.
+    """
+    if config.option.basetemp or hasattr(config, "workerinput"):
+        return
+    base = Path(tempfile.mkdtemp(prefix="smp-tests-"))  # short: unix sockets go under it
+    config.stash[_RUN_TEMP] = base
+    config.option.basetemp = str(base / "pytest")
+    os.environ["TMPDIR"] = str(base)
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    base = config.stash.get(_RUN_TEMP, None)
+    if base is not None:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -393,8 +421,8 @@ def ml_root(tmp_path: Path) -> Path:
 
 
 class Sidecar:
-    """Factory for sagemaker-pipe processes (always ``sys.executable -m sagemaker_pipe`` or
-    ``entrypoint.py``; cwd defaults to a scratch dir, not the repo)."""
+    """Factory for sagemaker-pipe processes (``sys.executable -m sagemaker_pipe``, ``entrypoint.py``,
+    or with installed=True the installed ``sagemaker-pipe`` command; cwd defaults to a scratch dir, not the repo)."""
 
     def __init__(self, reg: ProcessRegistry, tmp_path: Path):
         self.reg = reg
@@ -403,8 +431,13 @@ class Sidecar:
 
     def __call__(self, *args: str, env: dict | None = None, env_extra: dict | None = None,
                  cwd: os.PathLike | str | None = None, umask: int = -1, user: int | None = None,
-                 entrypoint: bool = False, nofile: int | None = None, memory_mib: int | None = None) -> Proc:
+                 entrypoint: bool = False, nofile: int | None = None, installed: bool = False,
+                 memory_mib: int | None = None) -> Proc:
         argv = [sys.executable, ENTRYPOINT] if entrypoint else [sys.executable, "-m", "sagemaker_pipe"]
+        if installed:  # the `sagemaker-pipe` command a user types (make test installs it into .venv)
+            if not COMMAND.exists():
+                pytest.fail(f"{COMMAND} is not installed: run the tests with `make test`, or pip install -e . first")
+            argv = [str(COMMAND)]
         argv += [str(a) for a in args]
         if nofile is not None:  # a low open-files limit: a descriptor leak fails fast
             argv = ["sh", "-c", f'ulimit -n {int(nofile)} && exec "$@"', "sh", *argv]
@@ -533,12 +566,14 @@ def wait_stale_replaced(paths: Iterable[Path], must_exist: Iterable[Path] = (), 
 def world_dir():
     """A scratch folder outside pytest's 0700 tmp tree that any uid can traverse (for tests that
     read FIFOs as another user). Removed at teardown."""
-    import shutil
-    import tempfile
-
     d = Path(tempfile.mkdtemp(prefix="sagemaker-pipe-test-", dir="/tmp"))
     os.chmod(d, 0o755)
     try:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+# The sidecar's exit status after each stop signal: SIGTERM is its normal stop (docker stop,
+# compose down), SIGINT is Ctrl-C, reported as a shell does (128 + 2) so scripts stop too.
+SIGNAL_EXIT = {signal.SIGTERM: 0, signal.SIGINT: 130}

@@ -341,7 +341,7 @@ def test_yaml_anchors_and_merge_keys(tmp_path, ml_root, sidecar, consumer, cat_r
     s1 = write_tree(tmp_path / "s1", {"a.gz": gz(b"one\n" * 10)})
     s2 = write_tree(tmp_path / "s2", {"b.gz": gz(b"two\n" * 20), "c.gz": gz(b"three")})
     text = f"""
-defaults: &defaults
+x-defaults: &defaults
   CompressionType: Gzip
   RecordWrapperType: RecordIO
   InputMode: Pipe
@@ -355,7 +355,7 @@ InputDataConfig:
       S3DataSource:
         S3Uri: "{s2.as_uri()}"
 """
-    # "defaults" is an extra top-level key of the job document, like describe-training-job's
+    # top-level keys starting with x- are the document's own (as in compose files): a place for anchors
     cfg = tmp_path / "anchors.yaml"
     cfg.write_text(text)
     side = sidecar.serve(cfg, ml_root)

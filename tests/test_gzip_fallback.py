@@ -22,9 +22,12 @@ def test_zlib_fallback_streams_the_same_bytes(tmp_path, ml_root, sidecar, consum
 
 
 def test_zlib_fallback_names_a_bad_object(tmp_path, ml_root, sidecar, consumer):
-    src = write_tree(tmp_path / "src", {"a.gz": gzip.compress(b"fine"), "b.gz": b"not gzip at all"})
+    bad = bytearray(gzip.compress(b"a gzip member whose checksum is wrong"))
+    bad[-8] ^= 0xFF  # CRC32 of the trailer: the inflater itself must find it
+    src = write_tree(tmp_path / "src", {"a.gz": gzip.compress(b"fine"), "b.gz": bytes(bad)})
     cfg = write_channel_file(tmp_path / "c.yaml", [channel("train", src, CompressionType="Gzip")])
     side = sidecar.serve(cfg, ml_root, env=base_env(SAGEMAKER_PIPE_GZIP="zlib"))
     consumer(pattern(ml_root, "train"), epochs=1)
     assert side.wait(20) == 1, side.stderr
-    assert "b.gz is not valid gzip data" in side.stderr
+    assert f"channel 'train': {src / 'b.gz'} is not valid gzip data: " in side.stderr, side.stderr
+    assert "(CompressionType: Gzip)" in side.stderr, side.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import recordio
 from conftest import (
+    SIGNAL_EXIT,
     cat_hashes,
     error_line,
     expected_stream,
@@ -137,7 +138,7 @@ def test_legacy_signal_removes_fifos(sig, tmp_path, sidecar, consumer):
     t0 = time.monotonic()
     os.kill(p.pid, sig)
     rc = p.wait(10)
-    assert rc == 0, p.stderr
+    assert rc == SIGNAL_EXIT[sig], p.stderr
     assert time.monotonic() - t0 <= 2.0
     assert os.listdir(dest) == [], f"left behind: {os.listdir(dest)}"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    SIGNAL_EXIT,
     assert_epochs,
     base_env,
     cat_hashes,
@@ -275,7 +276,7 @@ def assert_clean_exit(side, sig: int, data: Path, channels: list[str]) -> None:
     except Exception:
         raise AssertionError(f"no exit within 10 s after {signal.Signals(sig).name}:\n{side.stderr}") from None
     dt = time.monotonic() - t0
-    assert rc == 0, f"exit status {rc} after {signal.Signals(sig).name}:\n{side.stderr}"
+    assert rc == SIGNAL_EXIT[sig], f"exit status {rc} after {signal.Signals(sig).name}:\n{side.stderr}"
     assert dt <= 2.0, f"exit took {dt:.2f} s after {signal.Signals(sig).name}"
     no_pipe_names_left(data, channels)
     assert "Traceback" not in side.stderr, side.stderr

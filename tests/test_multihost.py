@@ -325,7 +325,8 @@ def test_generator_refuses_an_invalid_channel_file(tmp_path):
     config = write_channel_file(tmp_path / "c.yaml", [channel("train", "/data/x", CompressionType="Zip")])
     done = generate("--hosts", "2", "--algorithm-image", "a", "--channels", str(config), "--data", str(tmp_path))
     assert done.returncode == 2 and done.stdout == ""
-    assert "channel 'train': CompressionType must be one of None, Gzip (got 'Zip')" in error_line(done.stderr)
+    assert ("channel 'train': CompressionType must be one of None, Gzip (got 'Zip'; did you mean Gzip?)"
+            in error_line(done.stderr))
 
 
 def _tool(name: str) -> str | None:

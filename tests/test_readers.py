@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import recordio
 from conftest import (
+    SIGNAL_EXIT,
     assert_epochs,
     assert_nothing_written,
     channel,
@@ -190,7 +191,7 @@ def test_a_signal_mid_run_ends_the_readers_too(sig, tmp_path, ml_root, sidecar, 
     time.sleep(0.3)  # the readers fill their pipes and wait
     t0 = time.monotonic()
     side.send(sig)
-    assert side.wait(10) == 0, side.stderr
+    assert side.wait(10) == SIGNAL_EXIT[sig], side.stderr
     assert time.monotonic() - t0 <= 2.0
     assert "Traceback" not in side.stderr, side.stderr
     assert gone(pids)

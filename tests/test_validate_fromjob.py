@@ -77,7 +77,7 @@ def test_validate_check_sources_counts_objects_and_bytes(tmp_path, sidecar):
 def test_validate_errors_are_one_line_exit_2(tmp_path, sidecar, case):
     if case == "bad-field":
         cfg = write_channel_file(tmp_path / "j.yaml", [channel("train", tmp_path, CompressionType="Zip")])
-        args, want = [cfg], "channel 'train': CompressionType must be one of None, Gzip (got 'Zip')"
+        args, want = [cfg], "channel 'train': CompressionType must be one of None, Gzip (got 'Zip'; did you mean Gzip?)"
     elif case == "missing-source":
         cfg = write_channel_file(tmp_path / "j.yaml", [channel("train", tmp_path / "nowhere")])
         args, want = [cfg, "--check-sources"], "channel 'train':"
@@ -92,7 +92,8 @@ def test_validate_errors_are_one_line_exit_2(tmp_path, sidecar, case):
 
 
 def test_validate_without_check_sources_does_not_list(tmp_path, sidecar):
-    cfg = write_channel_file(tmp_path / "j.yaml", [channel("train", tmp_path / "nowhere")])
+    (tmp_path / "empty").mkdir()  # exists (validate checks that), holds nothing (only listing finds that)
+    cfg = write_channel_file(tmp_path / "j.yaml", [channel("train", tmp_path / "empty")])
     p = sidecar.run("validate", cfg)
     assert p.poll() == 0, p.stderr
 
@@ -225,7 +226,7 @@ def test_from_job_reads_stdin(tmp_path, procs):
      "channel 'x': only DataSource.S3DataSource can be served locally"),
     (json.dumps({"InputDataConfig": [{"ChannelName": "x", "DataSource": {"S3DataSource": {"S3Uri": "s3://b/k"}},
                                       "CompressionType": "Zip"}]}), [],
-     "channel 'x': CompressionType must be one of None, Gzip (got 'Zip')"),
+     "channel 'x': CompressionType must be one of None, Gzip (got 'Zip'; did you mean Gzip?)"),
     ("{}", ["--map", "./data"], "--map './data': expected s3://bucket/prefix=LOCAL_FOLDER"),
 ])
 def test_from_job_errors_are_one_line_exit_2(tmp_path, sidecar, content, args, want):

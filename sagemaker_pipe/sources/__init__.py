@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Generator, Sequence
 from functools import cache
 
+from sagemaker_pipe.chunks import ObjectRef, ObjectStream
 from sagemaker_pipe.errors import ConfigError
-from sagemaker_pipe.sources.base import ObjectRef, ObjectStream, Transport
+from sagemaker_pipe.sources.base import Transport
 from sagemaker_pipe.sources.local import LocalTransport
 
 __all__ = ["ObjectRef", "ObjectStream", "transport_for", "stream", "stat"]

@@ -7,8 +7,8 @@ import stat
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from sagemaker_pipe.chunks import CHUNK, Chunk, FileSpan, ObjectRef
 from sagemaker_pipe.errors import ConfigError, DataError
-from sagemaker_pipe.sources.base import CHUNK, Chunk, FileSpan, ObjectRef
 
 SMALL = 64 << 10  # up to this, one read() into the sink's batch beats opening a stream and a splice
 

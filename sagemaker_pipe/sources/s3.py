@@ -30,8 +30,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from urllib3.exceptions import HTTPError
 
+from sagemaker_pipe.chunks import CHUNK, Chunk, ObjectRef
 from sagemaker_pipe.errors import ConfigError, DataError
-from sagemaker_pipe.sources.base import CHUNK, Chunk, ObjectRef
 from sagemaker_pipe.sources.s3_get import Body, SignedGet
 
 log = logging.getLogger("sagemaker_pipe")

@@ -457,7 +457,7 @@ else
 fi
 if [ "$images_ok" = 1 ] && [ -s "$HOSTS_FILE" ]; then
     t=$(now)
-    # The README's command: shows the algorithms, returns once all of them
+    # docs/multi-host.md's command: shows the algorithms, returns once all of them
     # have exited (non-zero if one fails); the sidecars go on until `down`.
     if COMPOSE_TIMEOUT=300 hosts_compose up --abort-on-container-failure >"$WORK/job-hosts.log" 2>&1; then
         pass "compose up (3 hosts) exits 0"
