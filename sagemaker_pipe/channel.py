@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sagemaker_pipe import readers, smallfiles, sources, transforms
 from sagemaker_pipe.ahead import ahead
 from sagemaker_pipe.chunks import FLUSH, SinkChunk
+from sagemaker_pipe.errors import Stopped
 from sagemaker_pipe.fifo import FifoSet, FifoWriter, ReaderGone, open_writer
 from sagemaker_pipe.layout import Layout
 from sagemaker_pipe.plan import ChannelPlan, Unit
@@ -124,16 +125,23 @@ class ChannelWorker:
         epoch = 0
         while self.epochs is None or epoch < self.epochs:
             writer = open_writer(path, self.stop)
-            if self.on_open is not None:
-                self.on_open(epoch, writer)
-            started = time.monotonic()
-            has_next = self.epochs is None or epoch + 1 < self.epochs
-            next_path = self.fifos.create(self.layout.fifo(self.name, epoch + 1)) if has_next else None
             try:
+                if self.stop.is_set():
+                    raise Stopped
+                if self.on_open is not None:
+                    self.on_open(epoch, writer)
+                started = time.monotonic()
+                has_next = self.epochs is None or epoch + 1 < self.epochs
+                next_path = self.fifos.create(self.layout.fifo(self.name, epoch + 1)) if has_next else None
                 objects, complete = self.stream_epoch(writer, epoch)
+            except BaseException:
+                # Cut short (a failed object, a stop): an EOF now would look like the epoch's end,
+                # so the write end stays open until the sidecar ends (Sidecar.run decides when).
+                self.fifos.hold(writer.detach())
+                raise
             finally:
-                writer.close()
                 self.fifos.remove(path)
+            writer.close()
             stats = EpochStats(self.name, epoch, objects, writer.written, time.monotonic() - started,
                                writer.blocked_s, writer.starved_s, complete)
             log.info(stats.line(), extra={"fields": stats.fields()})

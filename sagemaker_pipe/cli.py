@@ -20,7 +20,8 @@ from sagemaker_pipe.config import Channel, load_job, parse_job
 from sagemaker_pipe.errors import ConfigError, PipeError
 from sagemaker_pipe.layout import DEFAULT_ML_ROOT, Layout, status_file
 from sagemaker_pipe.plan import ChannelPlan, plan_channel, plan_job
-from sagemaker_pipe.sidecar import INTERRUPTED, Sidecar
+from sagemaker_pipe.run import run_main
+from sagemaker_pipe.sidecar import FAILURE_HOLD_S, INTERRUPTED, Sidecar
 
 PROG = "sagemaker-pipe"
 ENV = {  # option -> environment variable that sets it (for the container)
@@ -34,6 +35,8 @@ ENV = {  # option -> environment variable that sets it (for the container)
     "log_format": "SAGEMAKER_PIPE_LOG_FORMAT",
     "progress_interval": "SAGEMAKER_PIPE_PROGRESS_INTERVAL",
     "exit_when_idle": "SAGEMAKER_PIPE_EXIT_WHEN_IDLE",
+    "hold_on_failure": "SAGEMAKER_PIPE_HOLD_ON_FAILURE",
+    "failure_hold": "SAGEMAKER_PIPE_FAILURE_HOLD",
 }
 
 
@@ -88,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 10; 0: off)")
     p.add_argument("--exit-when-idle", metavar="S", help="exit 0 once no FIFO has been opened for S seconds "
                    "after every Pipe channel served a complete epoch")
+    p.add_argument("--hold-on-failure", action="store_const", const="1",
+                   help="when a stream fails, keep its FIFO open (no EOF) until SIGTERM, then exit 1 "
+                   "(for a supervisor that stops the algorithm first, as `run` does)")
+    p.add_argument("--failure-hold", metavar="S", help="standing alone, how long a failed stream's FIFO stays "
+                   f"open before exit 1, unless its reader closes first (default {FAILURE_HOLD_S:g})")
     p.add_argument("-x", "--gunzip", action="store_true", help="original form: gunzip each object")
     p.add_argument("-r", "--recordio", action="store_true", help="original form: wrap each object in RecordIO")
     p.add_argument("-d", "--debug", action="store_true", help="log every object")
@@ -126,6 +134,8 @@ def serve(argv: list[str], defaults: dict[str, str]) -> int:
     epochs = _epochs(args.epochs)
     progress_interval = _seconds(args.progress_interval, "--progress-interval", 10.0, zero=True) or 0.0
     exit_when_idle = _seconds(args.exit_when_idle, "--exit-when-idle", None)
+    failure_hold = _seconds(args.failure_hold, "--failure-hold", FAILURE_HOLD_S, zero=True)
+    hold_on_failure = _flag(args.hold_on_failure, "--hold-on-failure")
     readers.count()  # SAGEMAKER_PIPE_READERS, checked before anything is written
 
     if args.legacy:
@@ -149,7 +159,8 @@ def serve(argv: list[str], defaults: dict[str, str]) -> int:
         status = status_file(args.status_file, args.ml_root or DEFAULT_ML_ROOT)
     plans = _throttled(plans, args.throttle_mbps)
     return Sidecar(job, plans, layout, epochs=epochs, status_file=status,
-                   progress_interval=progress_interval, exit_when_idle=exit_when_idle).run()
+                   progress_interval=progress_interval, exit_when_idle=exit_when_idle,
+                   hold_on_failure=hold_on_failure, failure_hold=failure_hold or 0.0).run()
 
 
 # `sagemaker-pipe NAME ...`: each takes its own arguments and returns an exit status. (A channel
@@ -157,6 +168,7 @@ def serve(argv: list[str], defaults: dict[str, str]) -> int:
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"status": commands.status}
 SUBCOMMANDS.update({"validate": commands.validate, "from-job": commands.from_job})  # commands.py
 SUBCOMMANDS["compose"] = compose_main  # a compose file for a job on several hosts (compose.py)
+SUBCOMMANDS["run"] = run_main  # one local training job, algorithm included (run.py)
 
 
 def _legacy_channel(name: str, src: str, args: argparse.Namespace) -> Channel:
@@ -202,6 +214,16 @@ def _seconds(value: str | None, option: str, default: float | None, zero: bool =
         raise ConfigError(f"{option} must be a {'non-negative' if zero else 'positive'} number of seconds "
                           f"(got {value!r})")
     return n
+
+
+def _flag(value: str | None, option: str) -> bool:
+    """An on/off option that an environment variable may set: 1/true/yes or 0/false/no/empty."""
+    text = (value or "").strip().lower()
+    if text in ("", "0", "false", "no"):
+        return False
+    if text in ("1", "true", "yes"):
+        return True
+    raise ConfigError(f"{option} must be 1 or 0 (got {value!r})")
 
 
 def _epochs(value: str | None) -> int | None:

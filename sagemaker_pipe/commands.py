@@ -259,6 +259,8 @@ def status(argv: list[str]) -> int:
         gone = _gone(doc)
         if gone:
             ready, why = False, gone
+        elif doc.get("state") == "failed":
+            why = f"a stream failed: {doc.get('error')}"
         elif age > max(STALE_S, 10 * float(doc.get("interval_s") or 0)):
             ready = False
             why = f"the status file was last updated {age:.0f} s ago: is the sidecar still running?"

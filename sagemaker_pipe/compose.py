@@ -6,8 +6,10 @@ prints a Docker Compose file with one algorithm container and one sidecar per ho
 --hosts the hosts come from the channel file's ResourceConfig (InstanceCount, or InstanceGroups:
 see config.parse_cluster), and each sidecar derives the same cluster from the file. Host i
 (`algo-i`, as SageMaker names them) is the algorithm service `algo-i` (hostname `algo-i` on the
-network `sagemaker`) and the sidecar `algo-i-sidecar`; the pair shares the named volume
-`algo-i-input` at /opt/ml/input. Every sidecar reads the same channel file (bind-mounted
+network `sagemaker`, started as SageMaker starts a training image: `IMAGE train`) and the sidecar
+`algo-i-sidecar`; the pair shares the named volume `algo-i-input` at /opt/ml/input, and the
+algorithm has volumes of its own for /opt/ml/model and /opt/ml/output (`algo-i-model`,
+`algo-i-output`). Every sidecar reads the same channel file (bind-mounted
 read-only at /config/channels.yaml) and is told the host list and its own name
 (SAGEMAKER_PIPE_CURRENT_HOST, and SAGEMAKER_PIPE_HOSTS with --hosts), so it writes that host's
 resourceconfig.json and streams that host's share of every ShardedByS3Key channel. Each
@@ -22,6 +24,7 @@ under DIR, before anything is printed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import posixpath
 import re
@@ -32,7 +35,7 @@ import yaml
 
 from sagemaker_pipe.config import Channel, Job, parse_job, read_document
 from sagemaker_pipe.errors import ConfigError
-from sagemaker_pipe.layout import CONTAINER_CONFIG
+from sagemaker_pipe.layout import CONTAINER_CONFIG, DEFAULT_ML_ROOT, Layout
 
 PROG = "sagemaker-pipe compose"
 DEFAULT_CHANNELS = "config/sharded.yaml"
@@ -41,7 +44,9 @@ DEFAULT_SIDECAR_IMAGE = "sagemaker-pipe:local"
 DEFAULT_PROJECT = "sagemaker-pipe-hosts"
 NETWORK = "sagemaker"
 CONTAINER_DATA = "/data"
-INPUT = "/opt/ml/input"
+ML = Layout.under(DEFAULT_ML_ROOT)  # the paths inside the containers
+INPUT = str(ML.input_dir)
+TRAIN_COMMAND = ["train"]  # SageMaker runs `docker run IMAGE train`
 MAX_HOSTS = 100
 # Passed through to the sidecars (from the shell running compose) when a channel reads s3://.
 AWS_VARIABLES = (
@@ -71,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--hosts", metavar="N", help="number of hosts (algo-1 ... algo-N; default: the channel file's "
                    "ResourceConfig, InstanceCount or InstanceGroups)")
-    p.add_argument("--algorithm-image", required=True, metavar="IMAGE", help="the training image to run on every host")
+    p.add_argument("--algorithm-image", metavar="IMAGE", help="the training image to run on every host (default: "
+                   "the channel file's AlgorithmSpecification.TrainingImage, which from-job keeps)")
+    p.add_argument("--algorithm-command", metavar="CMD", help="the algorithm containers' command, as a JSON list or "
+                   "one word (default [\"train\"], as SageMaker starts training images)")
     p.add_argument("--channels", default=DEFAULT_CHANNELS, metavar="FILE",
                    help=f"channel file, mounted read-only into every sidecar (default {DEFAULT_CHANNELS})")
     p.add_argument("--data", metavar="DIR",
@@ -92,10 +100,11 @@ def compose_main(argv: list[str]) -> int:
     doc = build_compose(
         hosts=_count(args.hosts) if args.hosts is not None else None,
         algorithm_image=args.algorithm_image,
+        algorithm_command=parse_command(args.algorithm_command),
         channels=Path(args.channels),
         data=Path(args.data) if args.data is not None else None,
         sidecar_image=args.sidecar_image,
-        algorithm_env=_env(args.env),
+        algorithm_env=parse_env(args.env),
         project=args.project_name,
     )
     print(render(doc, argv), end="")
@@ -104,26 +113,30 @@ def compose_main(argv: list[str]) -> int:
 
 def build_compose(
     hosts: int | None,
-    algorithm_image: str,
+    algorithm_image: str | None,
     channels: Path,
     data: Path | None = None,
     sidecar_image: str = DEFAULT_SIDECAR_IMAGE,
     algorithm_env: dict[str, str] | None = None,
     project: str = DEFAULT_PROJECT,
+    algorithm_command: list[str] | None = None,
 ) -> dict[str, Any]:
     """The compose document (a plain dict) for `hosts` hosts, None: the file's ResourceConfig; inputs checked first."""
     if hosts is not None and not 1 <= hosts <= MAX_HOSTS:
         raise ConfigError(f"compose: --hosts must be 1 to {MAX_HOSTS} (got {hosts})")
-    for what, image in (("--algorithm-image", algorithm_image), ("--sidecar-image", sidecar_image)):
-        if not IMAGE_RE.fullmatch(image):
-            raise ConfigError(f"compose: {what} must be an image name (got {image!r})")
-    if not PROJECT_RE.fullmatch(project):
-        raise ConfigError(f"compose: --project-name must be lower-case letters, digits, '-' and '_' (got {project!r})")
+    check_project(project)
     job = _container_job(channels, host_names(hosts) if hosts is not None else None)
     names = host_names(hosts) if hosts is not None else list(job.hosts)
     if len(names) > MAX_HOSTS:
         raise ConfigError(f"compose: the channel file's ResourceConfig has {len(names)} hosts; at most {MAX_HOSTS}")
     job_channels = list(job.channels)
+    algorithm_image = algorithm_image or job.training_image
+    if algorithm_image is None:
+        raise ConfigError("compose: give --algorithm-image IMAGE (the channel file has no "
+                          "AlgorithmSpecification.TrainingImage)")
+    for what, image in (("--algorithm-image", algorithm_image), ("--sidecar-image", sidecar_image)):
+        if not IMAGE_RE.fullmatch(image):
+            raise ConfigError(f"compose: {what} must be an image name (got {image!r})")
     local = [c for c in job_channels if not c.uri.startswith("s3://")]
     uses_s3 = len(local) < len(job_channels)
     data_dir = _data_dir(data, local)
@@ -142,18 +155,15 @@ def build_compose(
         environment["SAGEMAKER_PIPE_CURRENT_HOST"] = host
         if uses_s3:
             environment.update(dict.fromkeys(AWS_VARIABLES))  # null: taken from the shell when set there
-        services[host] = {
-            "image": algorithm_image,
-            "hostname": host,
-            "networks": [NETWORK],
-            "depends_on": {sidecar: {"condition": "service_healthy"}},
-            "volumes": [{"type": "volume", "source": volume, "target": INPUT, "read_only": True}],
-            **({"environment": dict(algorithm_env)} if algorithm_env else {}),
-        }
+        services[host] = algorithm_service(
+            host, algorithm_image, algorithm_command, algorithm_env,
+            [_volume(volume, INPUT, read_only=True),
+             _volume(f"{host}-model", str(ML.model_dir)), _volume(f"{host}-output", str(ML.output_dir))])
+        services[host]["depends_on"] = {sidecar: {"condition": "service_healthy"}}
         services[sidecar] = {
             "image": sidecar_image,
             "environment": environment,
-            "volumes": [*mounts, {"type": "volume", "source": volume, "target": INPUT}],
+            "volumes": [*mounts, _volume(volume, INPUT)],
             # Local channels need no network; S3 channels use the project's default network.
             **({} if uses_s3 else {"network_mode": "none"}),
             # Nothing is written outside the shared volume and /tmp (status file).
@@ -175,8 +185,46 @@ def build_compose(
         "name": project,
         "services": services,
         "networks": {NETWORK: {}},
-        "volumes": {f"{host}-input": {} for host in names},
+        "volumes": {f"{host}-{kind}": {} for host in names for kind in ("input", "model", "output")},
     }
+
+
+def algorithm_service(host: str, image: str, command: list[str] | None, env: dict[str, str] | None,
+                      volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Host `host`'s algorithm container, started as SageMaker starts a training image (`IMAGE train`).
+
+    Shared with `run --image`, which mounts host folders instead of named volumes.
+    """
+    return {
+        "image": image,
+        "command": list(command or TRAIN_COMMAND),
+        "hostname": host,
+        "networks": [NETWORK],
+        "volumes": volumes,
+        **({"environment": dict(env)} if env else {}),
+    }
+
+
+def parse_command(text: str | None) -> list[str] | None:
+    """--algorithm-command: a JSON list of strings, or one word."""
+    if text is None:
+        return None
+    if text.lstrip().startswith("["):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"--algorithm-command must be a JSON list of strings or one word (got {text!r})")
+        return value
+    if not text.strip() or any(c.isspace() for c in text):
+        raise ConfigError(f"--algorithm-command must be a JSON list of strings or one word (got {text!r})")
+    return [text]
+
+
+def check_project(project: str) -> None:
+    if not PROJECT_RE.fullmatch(project):
+        raise ConfigError(f"compose: --project-name must be lower-case letters, digits, '-' and '_' (got {project!r})")
 
 
 def render(doc: dict[str, Any], argv: list[str] | None = None) -> str:
@@ -187,7 +235,10 @@ def render(doc: dict[str, Any], argv: list[str] | None = None) -> str:
         f"# Generated by: {command}\n"
         f"# One SageMaker training job on {len(algos)} hosts ({', '.join(algos)}): per host an algorithm\n"
         "# container and a sagemaker-pipe sidecar sharing its /opt/ml/input volume.\n"
-        "#   docker compose -f THIS_FILE up      # shows the algorithms; returns when all have exited\n"
+        "#   docker compose -f THIS_FILE up --abort-on-container-failure\n"
+        "#       # shows the algorithms; returns when all have exited, non-zero as soon as one fails.\n"
+        "#       # A sidecar whose data stream fails exits 1, which `up` does not watch (docs/run.md);\n"
+        "#       # `sagemaker-pipe run --image IMAGE --hosts N` fails the job on it.\n"
         "#   docker compose -f THIS_FILE down -v # stops the sidecars, removes the volumes\n"
     )
     return header + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
@@ -242,6 +293,10 @@ def _bind(path: Path, target: str) -> dict[str, Any]:
     return {"type": "bind", "source": os.path.abspath(path), "target": target, "read_only": True}
 
 
+def _volume(name: str, target: str, read_only: bool = False) -> dict[str, Any]:
+    return {"type": "volume", "source": name, "target": target, **({"read_only": True} if read_only else {})}
+
+
 def _count(value: str) -> int:
     try:
         return int(value)
@@ -249,7 +304,8 @@ def _count(value: str) -> int:
         raise ConfigError(f"compose: --hosts must be a whole number (got {value!r})") from None
 
 
-def _env(items: list[str]) -> dict[str, str]:
+def parse_env(items: list[str]) -> dict[str, str]:
+    """-e KEY=VALUE options (compose, run --image)."""
     env = {}
     for item in items:
         key, sep, value = item.partition("=")

@@ -125,6 +125,7 @@ class Job:
     channels: tuple[Channel, ...]
     hyperparameters: dict[str, str] = field(default_factory=dict)
     cluster: Cluster = field(default_factory=Cluster)
+    training_image: str | None = None  # AlgorithmSpecification.TrainingImage: compose and run --image default to it
 
     @property
     def current_host(self) -> str:
@@ -277,6 +278,7 @@ def parse_job(
         channels=tuple(channels),
         hyperparameters=_parse_hyperparameters(top.get("HyperParameters"), source),
         cluster=cluster,
+        training_image=_training_image(top, source),
     )
 
 
@@ -315,6 +317,14 @@ def parse_cluster(doc: Any, source: str = "channel file", hosts: list[str] | Non
     if me not in cluster.hosts:
         raise ConfigError(f"current host {me!r} is not among the hosts {', '.join(cluster.hosts)}")
     return cluster
+
+
+def _training_image(top: Mapping[str, Any], source: str) -> str | None:
+    spec = top.get("AlgorithmSpecification")
+    image = spec.get("TrainingImage") if isinstance(spec, Mapping) else None
+    if image is not None and (not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image)):
+        raise ConfigError(f"{source}: AlgorithmSpecification.TrainingImage must be an image name (got {image!r})")
+    return image
 
 
 def resolve_local(uri: str, base_dir: PurePath) -> str:

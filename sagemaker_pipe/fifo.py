@@ -37,10 +37,16 @@ PIPE_MAX = _pipe_max()
 
 
 class FifoSet:
-    """Every FIFO this process made, so shutdown can remove them all whatever state they are in."""
+    """Every FIFO this process made, so shutdown can remove them all whatever state they are in.
+
+    It also keeps the write ends of epochs cut short (a failure or a stop): they stay open until
+    `close_held`, so their readers see no EOF before the sidecar decides to end.
+    """
 
     def __init__(self) -> None:
         self._paths: set[Path] = set()
+        self._held: list[int] = []
+        self._writers: list[int] = []  # the held write ends of epochs a reader was reading
         self._lock = threading.Lock()
 
     def create(self, path: Path) -> Path:
@@ -57,6 +63,12 @@ class FifoSet:
             self._paths.discard(path)
         path.unlink(missing_ok=True)
 
+    def hold(self, fd: int) -> None:
+        """Keep an epoch's write end open until close_held: its reader gets no EOF meanwhile."""
+        with self._lock:
+            self._held.append(fd)
+            self._writers.append(fd)
+
     def release_all(self) -> None:
         """Wake every writer blocked in open_writer: a reader that opens and closes at once is enough."""
         with self._lock:
@@ -67,11 +79,45 @@ class FifoSet:
             except OSError:
                 pass
 
-    def remove_all(self) -> None:
+    def remove_all(self, hold: bool = False) -> None:
+        """Unlink every FIFO, first waking any reader blocked in open() of it.
+
+        Each FIFO is opened read-write (which never blocks) before the unlink: a reader already
+        inside open() connects to that end, and no reader can arrive once the name is gone. The
+        end is then closed (the reader sees an empty stream) or, with `hold`, kept until
+        close_held (the reader waits in read()). Either way no reader blocks for ever in open().
+        """
         with self._lock:
             paths, self._paths = self._paths, set()
         for p in paths:
+            try:
+                fd = os.open(p, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                fd = -1
             p.unlink(missing_ok=True)
+            if fd < 0:
+                continue
+            if hold:
+                with self._lock:
+                    self._held.append(fd)
+            else:
+                os.close(fd)
+
+    def readers_gone(self) -> bool:
+        """True once no reader is left on any held write end (poll reports POLLERR for each)."""
+        with self._lock:
+            fds = list(self._writers)
+        poll = select.poll()
+        for fd in fds:
+            poll.register(fd, 0)  # POLLERR is always reported
+        errors = {fd for fd, ev in poll.poll(0) if ev & select.POLLERR}
+        return len(errors) == len(fds)
+
+    def close_held(self) -> None:
+        with self._lock:
+            held, self._held, self._writers = self._held, [], []
+        for fd in held:
+            os.close(fd)
 
 
 def replace_stale(path: Path) -> None:
@@ -89,7 +135,8 @@ def open_writer(path: Path, stop: threading.Event) -> FifoWriter:
     """Block in open() until a reader opens path, then return the (non-blocking) write end.
 
     A blocking open connects the moment the reader arrives, however long it took; shutdown
-    wakes it through FifoSet.release_all, which opens the read end for an instant.
+    wakes it through FifoSet.release_all, which opens the read end for an instant. The caller
+    checks `stop` once it has the writer, and holds or closes it.
     """
     if stop.is_set():
         raise Stopped
@@ -97,9 +144,6 @@ def open_writer(path: Path, stop: threading.Event) -> FifoWriter:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)  # retried by Python itself after a signal (PEP 475)
     except OSError as e:
         raise DataError(f"cannot open {path} for writing: {e.strerror}") from None
-    if stop.is_set():
-        os.close(fd)
-        raise Stopped
     os.set_blocking(fd, False)
     return FifoWriter(fd, stop)
 
@@ -153,6 +197,11 @@ class FifoWriter:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def detach(self) -> int:
+        """Hand the write end over (to FifoSet.hold); this writer no longer closes it."""
+        fd, self.fd = self.fd, -1
+        return fd
 
     def _account(self) -> None:
         """Count the time since the last write as starvation if the reader drained the pipe meanwhile.

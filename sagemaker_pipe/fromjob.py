@@ -56,6 +56,9 @@ def channel_file(describe: Any, maps: Sequence[tuple[str, str]] = ()) -> tuple[d
         mode = describe.get("TrainingInputMode")
     if mode is not None:
         doc["TrainingInputMode"] = mode
+    image = spec.get("TrainingImage") if isinstance(spec, Mapping) else None
+    if isinstance(image, str) and image:
+        doc["AlgorithmSpecification"] = {"TrainingImage": image}  # what compose and run --image default to
     doc["InputDataConfig"] = [_channel(c, i, maps, notes) for i, c in enumerate(describe["InputDataConfig"])]
     hyper = describe.get("HyperParameters")
     if isinstance(hyper, Mapping) and hyper:

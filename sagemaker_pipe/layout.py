@@ -32,11 +32,48 @@ class Layout:
 
     data_dir: Path
     config_dir: Path | None  # None in the original tool's form: FIFOs only
+    root: Path | None = None  # the ml-root; None in the original tool's form
 
     @classmethod
     def under(cls, ml_root: str | os.PathLike[str]) -> Layout:
         root = Path(ml_root)
-        return cls(data_dir=root / "input" / "data", config_dir=root / "input" / "config")
+        return cls(data_dir=root / "input" / "data", config_dir=root / "input" / "config", root=root)
+
+    def _under_root(self, *parts: str) -> Path:
+        assert self.root is not None
+        return self.root.joinpath(*parts)
+
+    @property
+    def input_dir(self) -> Path:
+        return self._under_root("input")
+
+    @property
+    def lock_file(self) -> Path:
+        """Held by the one sidecar serving this ml-root (lock.py); in input/, the folder a sidecar container shares."""
+        return self._under_root("input", ".sagemaker-pipe.lock")
+
+    @property
+    def model_dir(self) -> Path:
+        """What the algorithm leaves here becomes model.tar.gz."""
+        return self._under_root("model")
+
+    @property
+    def output_dir(self) -> Path:
+        return self._under_root("output")
+
+    @property
+    def output_data_dir(self) -> Path:
+        """What the algorithm leaves here becomes output.tar.gz."""
+        return self._under_root("output", "data")
+
+    @property
+    def failure_file(self) -> Path:
+        """The algorithm writes its failure reason here before exiting non-zero."""
+        return self._under_root("output", "failure")
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self._under_root("checkpoints")
 
     def fifo(self, channel: str, epoch: int) -> Path:
         return self.data_dir / f"{channel}_{epoch}"

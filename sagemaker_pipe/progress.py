@@ -158,6 +158,7 @@ class Monitor:
                 self.channels[c.name] = ChannelProgress(c.name, c.input_mode, folder=layout.folder(c.name))
         self.started = time.time()
         self.is_ready = False
+        self.error: str | None = None  # a stream failed: the one-line error
         self.ready_at = time.monotonic()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -183,6 +184,11 @@ class Monitor:
         """Config files, File-mode data and every first FIFO exist: the algorithm may start."""
         self.is_ready = True
         self.ready_at = time.monotonic()
+        self.write_status()
+
+    def failed(self, error: str) -> None:
+        """A stream failed: the status file says so at once (state failed, the error line)."""
+        self.error = error
         self.write_status()
 
     def close(self) -> None:
@@ -225,7 +231,8 @@ class Monitor:
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
         out: dict[str, Any] = {
-            "ready": self.is_ready,
+            "ready": self.is_ready and self.error is None,
+            "state": "failed" if self.error is not None else "ready" if self.is_ready else "starting",
             "pid": os.getpid(),
             "pid_ns": pid_namespace(),  # `status` checks the pid only from the same namespace
             "channels": list(self.channels),
@@ -234,6 +241,8 @@ class Monitor:
             "interval_s": STATUS_INTERVAL,
             "progress": {},
         }
+        if self.error is not None:
+            out["error"] = self.error
         for name, p in self.channels.items():
             nbytes = p.bytes
             entry: dict[str, Any] = {"mode": p.mode, "state": p.state, "bytes": nbytes,

@@ -19,11 +19,13 @@ from sagemaker_pipe.errors import ConfigError, PipeError, Stopped, in_channel
 from sagemaker_pipe.fifo import FifoSet, replace_stale
 from sagemaker_pipe.filemode import copy_all, file_copies, is_file_mode
 from sagemaker_pipe.layout import STATUS_FOLDER, Layout, make_dirs
+from sagemaker_pipe.lock import RootLock
 from sagemaker_pipe.plan import ChannelPlan
 from sagemaker_pipe.progress import Monitor
 
 log = logging.getLogger("sagemaker_pipe")
 GRACE_S = 1.0  # how long workers get to notice shutdown before their FIFOs are removed under them
+FAILURE_HOLD_S = 10.0  # standing alone, how long a failed epoch's write end stays open (see _hold)
 INTERRUPTED = 128 + signal.SIGINT  # the exit status a shell gives Ctrl-C
 
 
@@ -84,8 +86,10 @@ class Sidecar:
 
     def __init__(self, job: Job | None, plans: list[ChannelPlan], layout: Layout, epochs: int | None = None,
                  status_file: Path | None = None, progress_interval: float = 0.0,
-                 exit_when_idle: float | None = None) -> None:
+                 exit_when_idle: float | None = None, hold_on_failure: bool = False,
+                 failure_hold: float = FAILURE_HOLD_S) -> None:
         self.job = job  # None in the original tool's form, which writes no config files
+        self.file_channels = [p.channel for p in plans if is_file_mode(p)]
         self.files = file_copies(plans, layout)  # File/FastFile channels; their keys are checked here
         self.plans = [p for p in plans if not is_file_mode(p)]  # the Pipe channels
         self.layout = layout
@@ -93,6 +97,10 @@ class Sidecar:
         self.status_file = status_file
         self.stop = threading.Event()
         self.signals: list[int] = []  # the signal that stopped the sidecar, once one has
+        self.signalled = threading.Event()  # SIGTERM or SIGINT arrived
+        self.hold_on_failure = hold_on_failure  # under a supervisor (run, the SDK add-on): hold until a signal
+        self.failure_hold = failure_hold
+        self.lock = RootLock(layout.lock_file, layout.root) if layout.root is not None else None
         self.fifos = FifoSet()
         self.errors: list[BaseException] = []
         self.history: dict[str, list[EpochStats]] = {p.channel.name: [] for p in self.plans}
@@ -110,6 +118,15 @@ class Sidecar:
     def run(self) -> int:
         """Serve until every channel has done its epochs, a signal arrives, or an object fails."""
         self._handle_signals()
+        if self.lock is not None:
+            self.lock.acquire()
+        try:
+            return self._run()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _run(self) -> int:
         self._prepare_data_dir()
         if self.job is not None:
             self._write_config(self.job)
@@ -119,6 +136,7 @@ class Sidecar:
                 return self._stopped_status()  # stopped while copying
             self._make_first_fifos()
             self.monitor.ready()  # config, File-mode data and first FIFOs exist: health checks pass
+            log.info("%s", self._ready_line())
             threads = [threading.Thread(target=self._work, args=(p,), name=p.channel.name, daemon=True)
                        for p in self.plans]
             for t in threads:
@@ -131,9 +149,12 @@ class Sidecar:
                 while t.is_alive() and time.monotonic() < deadline:
                     self.fifos.release_all()  # writers blocked in open() see the stop flag
                     t.join(0.05)
+            if self.errors:
+                self._hold(self.errors[0])
         finally:
             self.monitor.close()
             self.fifos.remove_all()
+            self.fifos.close_held()
             if self.status_file is not None:
                 self.status_file.unlink(missing_ok=True)
                 if self.status_file.parent.name == STATUS_FOLDER:  # the default one's, under the ml-root
@@ -149,6 +170,33 @@ class Sidecar:
         """0 for a normal end or SIGTERM (docker stop, compose down); 130 after SIGINT (Ctrl-C),
         so that a shell script or make running the sidecar stops too."""
         return INTERRUPTED if signal.SIGINT in self.signals else 0
+
+    def _hold(self, error: BaseException) -> None:
+        """A stream failed: say so at once, and keep the cut epoch's write end open for a while.
+
+        An EOF would tell the algorithm its epoch ended. Under a supervisor (--hold-on-failure)
+        the write ends stay open until a signal: the supervisor stops the algorithm first. Standing
+        alone they stay open until every reader has closed, a signal arrives, or `failure_hold`
+        seconds pass; the exit (status 1) then makes the orchestrator stop the job.
+        """
+        line = " ".join(str(error).split()) or type(error).__name__
+        log.error("stream failed: %s", line)
+        self.monitor.failed(line)
+        self.fifos.remove_all(hold=True)  # no new reader can arrive; one blocked in open() waits in read()
+        if self.hold_on_failure:
+            log.info("holding the FIFOs open until stopped (SIGTERM)")
+            self.signalled.wait()
+            return
+        deadline = time.monotonic() + self.failure_hold
+        while not self.signalled.wait(0.1):
+            if self.fifos.readers_gone() or time.monotonic() >= deadline:
+                return
+
+    def _ready_line(self) -> str:
+        """Where the algorithm finds its data, in one line: each Pipe channel's first FIFO, each File folder."""
+        places = [f"{p.channel.name} {self.layout.fifo(p.channel.name, 0)}" for p in self.plans]
+        places += [f"{c.name} ({c.input_mode}) {self.layout.folder(c.name)}/" for c in self.file_channels]
+        return "ready: " + ", ".join(places)
 
     def _prepare_data_dir(self) -> None:
         """Make the data folder and clear `<channel>_<n>` files an earlier run left there."""
@@ -187,11 +235,27 @@ class Sidecar:
             self.stop.set()
 
     def _handle_signals(self) -> None:
-        self.signals = stop_on_signals(self.stop)
+        self.signals = stop_on_signals(self.stop, self.signalled)
+        if self.hold_on_failure:
+            stop_with_parent(self.stop, self.signalled)
 
 
-def stop_on_signals(stop: threading.Event) -> list[int]:
-    """SIGTERM and SIGINT set `stop`, from a thread of their own.
+def stop_with_parent(*events: threading.Event) -> None:
+    """Under a supervisor: its death counts as a stop, so a held failure never outlives it."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        log.info("the supervising process (pid %d) is gone: removing FIFOs and exiting", parent)
+        for event in events:
+            event.set()
+
+    threading.Thread(target=watch, name="parent", daemon=True).start()
+
+
+def stop_on_signals(stop: threading.Event, *also: threading.Event) -> list[int]:
+    """SIGTERM and SIGINT set `stop` (and every event in `also`), from a thread of their own.
 
     A Python signal handler runs in the main thread between two bytecodes, possibly while that
     thread holds the lock inside `stop.wait()`; setting the Event there deadlocks. So the
@@ -212,7 +276,8 @@ def stop_on_signals(stop: threading.Event) -> list[int]:
         if got:
             log.info("%s received: removing FIFOs and exiting", signal.Signals(got[0]).name)
             received.append(got[0])
-            stop.set()
+            for event in (stop, *also):
+                event.set()
 
     threading.Thread(target=watch, name="signals", daemon=True).start()
     return received

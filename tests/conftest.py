@@ -194,6 +194,9 @@ def base_env(**extra: str) -> dict[str, str]:
     """The environment for every spawned process: no inherited SAGEMAKER_PIPE_* settings, the repo
     importable from any cwd, and AWS settings that can only ever reach 127.0.0.1."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAGEMAKER_PIPE_")}
+    # A sidecar standing alone holds a failed epoch's FIFO open for 10 s before exit 1; tests of
+    # other things end at once (test_failure_hold.py tests the hold itself, with its own values).
+    env["SAGEMAKER_PIPE_FAILURE_HOLD"] = "0"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("AWS_ACCESS_KEY_ID", "testing")

@@ -238,15 +238,18 @@ def test_generator_gives_each_host_an_algorithm_and_a_sidecar(n):
     services = doc["services"]
     assert sorted(services) == sorted(names + [f"{h}-sidecar" for h in names])
     assert doc["networks"] == {"sagemaker": {}}
-    assert doc["volumes"] == {f"{h}-input": {} for h in names}
+    assert doc["volumes"] == {f"{h}-{kind}": {} for h in names for kind in ("input", "model", "output")}
     for host in names:
         algo, side = services[host], services[f"{host}-sidecar"]
         assert algo["image"] == "my/algo:1"
         assert algo["hostname"] == host
         assert algo["networks"] == ["sagemaker"]
         assert algo["depends_on"] == {f"{host}-sidecar": {"condition": "service_healthy"}}
+        assert algo["command"] == ["train"]  # as SageMaker starts a training image
         assert algo["volumes"] == [{"type": "volume", "source": f"{host}-input", "target": "/opt/ml/input",
-                                    "read_only": True}]
+                                    "read_only": True},
+                                   {"type": "volume", "source": f"{host}-model", "target": "/opt/ml/model"},
+                                   {"type": "volume", "source": f"{host}-output", "target": "/opt/ml/output"}]
         assert "environment" not in algo
         assert side["image"] == "sagemaker-pipe:local"
         assert side["environment"] == {
@@ -264,6 +267,28 @@ def test_generator_gives_each_host_an_algorithm_and_a_sidecar(n):
         assert side["healthcheck"]["test"] == ["CMD", "python", "-m", "sagemaker_pipe", "status"]
         assert side["attach"] is False
         assert side["read_only"] is True
+
+
+def test_the_image_defaults_to_the_channel_file_s_training_image_and_the_command_may_be_changed(tmp_path):
+    (tmp_path / "d" / "train").mkdir(parents=True)
+    (tmp_path / "d" / "train" / "a.csv").write_text("1\n")
+    config = write_channel_file(tmp_path / "c.yaml", {
+        "AlgorithmSpecification": {"TrainingImage": "123.dkr.ecr.us-east-1.amazonaws.com/algo:7"},
+        "InputDataConfig": [channel("train", "/data/train")]})
+    doc, _ = generated("--hosts", "2", "--channels", str(config), "--data", str(tmp_path / "d"),
+                       "--algorithm-command", '["python", "fit.py"]', cwd=tmp_path)
+    for host in hosts(2):
+        assert doc["services"][host]["image"] == "123.dkr.ecr.us-east-1.amazonaws.com/algo:7"
+        assert doc["services"][host]["command"] == ["python", "fit.py"]
+    doc, _ = generated("--hosts", "1", "--channels", str(config), "--data", str(tmp_path / "d"),
+                       "--algorithm-image", "mine", "--algorithm-command", "serve", cwd=tmp_path)
+    assert (doc["services"]["algo-1"]["image"], doc["services"]["algo-1"]["command"]) == ("mine", ["serve"])
+    no_image = write_channel_file(tmp_path / "n.yaml", [channel("train", "/data/train")])
+    for args, words in ((["--channels", str(no_image)], "--algorithm-image"),
+                        (["--channels", str(config), "--algorithm-command", "two words"], "--algorithm-command")):
+        done = generate("--hosts", "1", "--data", str(tmp_path / "d"), *args, cwd=tmp_path)
+        assert done.returncode == 2 and done.stdout == ""
+        assert len(done.stderr.splitlines()) == 1 and words in done.stderr, done.stderr
 
 
 def test_generator_options(tmp_path):

@@ -159,6 +159,8 @@ def test_from_job_maps_prefixes_and_the_output_runs(tmp_path, ml_root, sidecar, 
     assert doc["TrainingInputMode"] == "Pipe"
     assert doc["HyperParameters"] == {"num_round": "100", "objective": "binary:logistic"}
     assert doc["ResourceConfig"] == {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1}
+    # kept, so that `compose` and `run --image` default to the job's image
+    assert doc["AlgorithmSpecification"] == {"TrainingImage": "123456789012.dkr.ecr.us-east-1.amazonaws.com/algo:1"}
     tr, va = doc["InputDataConfig"]
     assert tr["DataSource"]["S3DataSource"] == {"S3DataType": "S3Prefix", "S3Uri": "./data/train/",
                                                 "S3DataDistributionType": "FullyReplicated"}

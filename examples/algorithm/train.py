@@ -9,6 +9,10 @@ With SHOW_RECORDS=1 it also says which host it is (`host=<name> hosts=<a,b,...>`
 resourceconfig.json) and, before each RecordIO channel's epoch line, prints one line per record:
 `record host=<name> channel=<name> epoch=<n> index=<i> bytes=<b> sha256=<hex of the payload>`;
 with one record per object this tells which objects the host was given.
+
+As a SageMaker training image it also leaves a model: /opt/ml/model/model.json (what it read,
+when that folder exists, as under `sagemaker-pipe run --image`). With FAILURE=text it writes
+that text to /opt/ml/output/failure (SageMaker's failure reason) and exits EXIT_CODE (default 1).
 """
 
 import hashlib
@@ -22,6 +26,7 @@ ML_ROOT = os.environ.get("ML_ROOT", "/opt/ml")
 EPOCHS = int(os.environ.get("EPOCHS", "3"))
 WAIT_S = float(os.environ.get("WAIT_S", "60"))
 SHOW_RECORDS = os.environ.get("SHOW_RECORDS", "") not in ("", "0")
+FAILURE = os.environ.get("FAILURE")
 MAGIC = 0xCED7230A
 
 
@@ -70,6 +75,7 @@ def main() -> None:
             cluster = json.load(f)
         host = cluster["current_host"]
         print(f"host={host} hosts={','.join(cluster['hosts'])}", flush=True)
+    seen = []
     for epoch in range(EPOCHS):
         for name in pipes:
             path = os.path.join(ML_ROOT, "input", "data", f"{name}_{epoch}")
@@ -83,6 +89,16 @@ def main() -> None:
                           f"sha256={hashlib.sha256(payload).hexdigest()}", flush=True)
             print(f"channel={name} epoch={epoch} bytes={len(data)}{records} "
                   f"sha256={hashlib.sha256(data).hexdigest()}", flush=True)
+            seen.append({"channel": name, "epoch": epoch, "bytes": len(data),
+                         "sha256": hashlib.sha256(data).hexdigest()})
+    model = os.path.join(ML_ROOT, "model")
+    if os.path.isdir(model) and os.access(model, os.W_OK):
+        with open(os.path.join(model, "model.json"), "w") as f:
+            json.dump({"host": host or None, "epochs": seen}, f, indent=1)
+    if FAILURE is not None:
+        with open(os.path.join(ML_ROOT, "output", "failure"), "w") as f:
+            f.write(FAILURE)
+        sys.exit(int(os.environ.get("EXIT_CODE", "1")))
 
 
 if __name__ == "__main__":

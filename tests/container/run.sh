@@ -30,6 +30,12 @@
 #     validates it, runs it and checks from the algorithms' output that each
 #     epoch's shares of the sharded channel are disjoint and together every
 #     object (tests/container/shares.py), hostnames, exit codes;
+#  7c. docker-compose.yml's documented command fails when the sidecar fails
+#     (an invalid gzip object), and the algorithm sees no EOF before the
+#     sidecar exits; on 3 hosts the sidecars exit 1;
+#  7d. `sagemaker-pipe run --image` with the example algorithm on 1 and 3
+#     hosts: exit codes, exact epochs, model.tar.gz per host, the failure
+#     file reported, a failed stream exiting 1 naming the object;
 #  8. with the `s3` profile (SeaweedFS seeded with examples/data) runs the same
 #     job from s3:// channels, when the package can read S3;
 #  9. prints image sizes and timings, then removes every container, image,
@@ -490,6 +496,145 @@ if [ "$images_ok" = 1 ] && [ -s "$HOSTS_FILE" ]; then
     done | tr '\n' ' ')
     check "the 3 sidecars stop with exit 0 (got: $codes)" test "$codes" = "0 0 0 "
     hosts_compose down --volumes --remove-orphans --timeout 5 >>"$WORK/cleanup.log" 2>&1 || true
+fi
+
+# ---------------------------------------------------------------- 7c. a failing sidecar
+# docker-compose.yml's documented command (`up --abort-on-container-exit`,
+# whose status is the first container to exit) with an invalid gzip object in
+# the validation channel: the sidecar holds the cut epoch open (the algorithm
+# gets no EOF meanwhile), then exits 1; compose stops the job and fails.
+BAD_DATA="$WORK/bad-data"
+if [ "$images_ok" = 1 ]; then
+    cp -r "$REPO/examples/data" "$BAD_DATA"
+    printf 'this is not gzip\n' >"$BAD_DATA/validation/part-001.csv.gz"
+    cat >"$WORK/compose.bad-data.yml" <<EOF
+services:
+  sidecar:
+    environment:
+      SAGEMAKER_PIPE_FAILURE_HOLD: "3"
+    volumes:
+      - $BAD_DATA:/data:ro
+EOF
+    rc=0
+    compose -f "$WORK/compose.bad-data.yml" up --abort-on-container-exit >"$WORK/job-bad-data.log" 2>&1 || rc=$?
+    check "the documented compose command fails when the sidecar fails (got $rc)" test "$rc" = 1
+    check "the sidecar's error names the bad object" grep -q "error: .*part-001.csv.gz" "$WORK/job-bad-data.log"
+    # Its exit closes the FIFO (the documented limit, docs/run.md): the algorithm may see an EOF
+    # then, never during the hold (3 s). compose's merged output is not in order: the engine's
+    # timestamps are.
+    compose -f "$WORK/compose.bad-data.yml" logs --timestamps --no-color sidecar algorithm \
+        >"$WORK/logs-bad-data.log" 2>&1 || true
+    check "the algorithm saw no EOF of the failed epoch while the sidecar held it" python3 -c '
+import re, sys
+from datetime import datetime
+failed = eof = None
+for line in open(sys.argv[1]):
+    m = re.match(r"(\S+)\s*\|\s*(\S+) (.*)", line)
+    if not m:
+        continue
+    when = datetime.fromisoformat(m[2][:26])
+    if m[1].startswith("sidecar") and "stream failed" in m[3]:
+        failed = when
+    if m[1].startswith("algorithm") and "channel=validation epoch=0" in m[3]:
+        eof = when
+print("stream failed at", failed, "- the algorithm saw an EOF at", eof)
+sys.exit(0 if failed and (eof is None or (eof - failed).total_seconds() >= 2.9) else 1)' "$WORK/logs-bad-data.log"
+    compose -f "$WORK/compose.bad-data.yml" down --volumes --timeout 5 >/dev/null 2>&1 || true
+
+    # The same on 3 hosts, with the command `sagemaker-pipe compose` prints.
+    BAD_HOSTS="$WORK/docker-compose.bad-hosts.yml"
+    if PYTHONPATH="$REPO" timeout 60 "$TOOLS/bin/python" -m sagemaker_pipe compose --hosts 3 \
+        --algorithm-image "$ALGO_IMAGE" --sidecar-image "$SIDECAR_IMAGE" --channels "$REPO/config/sharded.yaml" \
+        --data "$BAD_DATA" --project-name "$PROJECT-bad-hosts" --env WAIT_S=5 \
+        >"$BAD_HOSTS" 2>"$WORK/bad-hosts.err"; then
+        rc=0
+        timeout 300 "$COMPOSE" -f "$BAD_HOSTS" up --abort-on-container-failure >"$WORK/job-bad-hosts.log" 2>&1 \
+            || rc=$?
+        # The sidecars are not attached (`up` returns when the algorithms end), so compose does
+        # not act on their exit: documented in docs/run.md, where `run --image --hosts N` is the
+        # answer. Here the job fails because the example algorithm gives up on its next FIFO.
+        codes=$(timeout 60 "$COMPOSE" -f "$BAD_HOSTS" ps -a --format '{{.Service}}={{.ExitCode}}' 2>/dev/null \
+            | grep -- -sidecar= | sort | tr '\n' ' ')
+        check "3 hosts: each sidecar exits 1 after a failed stream (got: $codes; compose: $rc)" \
+            test "$codes" = "algo-1-sidecar=1 algo-2-sidecar=1 algo-3-sidecar=1 "
+        timeout 60 "$COMPOSE" -f "$BAD_HOSTS" logs --no-color algo-1-sidecar algo-2-sidecar algo-3-sidecar \
+            >"$WORK/logs-bad-hosts.log" 2>&1 || true
+        check "3 hosts: the sidecars' error names the bad object" \
+            grep -q "sidecar.*error: .*part-001.csv.gz" "$WORK/logs-bad-hosts.log"
+        timeout 120 "$COMPOSE" -f "$BAD_HOSTS" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+    else
+        cat "$WORK/bad-hosts.err" >&2
+        fail "sagemaker-pipe compose --hosts 3 over the bad data"
+    fi
+fi
+
+# ---------------------------------------------------------------- 7d. run --image
+# `sagemaker-pipe run --image` with the example algorithm image on 1 and 3
+# hosts: the engines run here, each host's /opt/ml is bind-mounted from its
+# own folder, the containers start as `IMAGE train` (through compose).
+# Checked: exit codes, epochs byte-exact, model.tar.gz per host, the failure
+# file reported, a failed stream stopping the job with exit 1.
+host_channels() { # host_channels IN DATA OUT: a channel file with /data/ mapped onto DATA
+    sed "s#S3Uri: /data/#S3Uri: $2/#" "$1" >"$3"
+}
+run_image() { # run_image LABEL EXPECTED_RC ARGS...: `sagemaker-pipe run --image ...` into $WORK/run-LABEL
+    local label=$1 want=$2 rc; shift 2
+    rc=0
+    SAGEMAKER_PIPE_COMPOSE="$COMPOSE" PYTHONPATH="$REPO" timeout 300 "$TOOLS/bin/python" -m sagemaker_pipe run \
+        --ml-root "$WORK/run-$label/ml" --image "$ALGO_IMAGE" "$@" >"$WORK/run-$label.log" 2>&1 || rc=$?
+    if [ "$rc" = "$want" ]; then pass "run --image ($label) exits $want"; else
+        tail -n 40 "$WORK/run-$label.log" >&2
+        fail "run --image ($label) exits $want (got $rc)"
+    fi
+}
+host_log() { # host_log LOG HOST: that host's lines of compose's output
+    sed -n "s/^$2-1 *| //p" "$1"
+}
+if [ "$images_ok" = 1 ]; then
+    host_channels "$REPO/config/compose.yaml" "$REPO/examples/data" "$WORK/run-one.yaml"
+    t=$(now)
+    run_image one 0 --config "$WORK/run-one.yaml"
+    timing "run --image (1 host)" "$(since "$t")"
+    host_log "$WORK/run-one.log" algo-1 >"$WORK/algo-run-one.log"
+    check "run --image (1 host): per-epoch sha256 match the host's" \
+        "$TOOLS/bin/python" "$HERE/compare.py" "$EXPECTED" "$WORK/algo-run-one.log"
+    check "run --image (1 host): model.tar.gz holds model.json" \
+        sh -c "tar -tzf '$WORK/run-one/output/model.tar.gz' | grep -qx model.json"
+    check "run --image (1 host): no FIFO, lock or container left" \
+        sh -c "[ -z \"\$(find '$WORK/run-one/ml/input' -type p -o -name '.sagemaker-pipe.lock')\" ] && [ -z \"\$(docker ps -aq)\" ]"
+
+    host_channels "$REPO/config/sharded.yaml" "$REPO/examples/data" "$WORK/run-hosts.yaml"
+    t=$(now)
+    run_image hosts 0 --config "$WORK/run-hosts.yaml" --hosts 3 -e SHOW_RECORDS=1
+    timing "run --image (3 hosts)" "$(since "$t")"
+    for i in 1 2 3; do
+        host_log "$WORK/run-hosts.log" "algo-$i" >"$WORK/algo-run-hosts-$i.log"
+        check "run --image (3 hosts): algo-$i's model.tar.gz" \
+            sh -c "tar -xzOf '$WORK/run-hosts/output/algo-$i/model.tar.gz' model.json | grep -q '\"host\": \"algo-$i\"'"
+    done
+    if "$TOOLS/bin/python" "$HERE/shares.py" --channel-file "$REPO/config/sharded.yaml" \
+        --map "/data=$REPO/examples/data" --hosts 3 --epochs 3 --expect-reshuffle train \
+        "$WORK"/algo-run-hosts-{1,2,3}.log >"$WORK/shares-run.log" 2>&1; then
+        pass "run --image (3 hosts): shares of 'train' disjoint, union = all objects; 'validation' complete"
+    else
+        cat "$WORK/shares-run.log" >&2
+        fail "run --image (3 hosts): shares of 'train' disjoint, union = all objects; 'validation' complete"
+    fi
+
+    run_image failure 3 --config "$WORK/run-one.yaml" -e "FAILURE=loss diverged at epoch 3" -e EXIT_CODE=3
+    check "run --image: the failure file is reported" \
+        grep -q "error: algorithm exited with status 3: loss diverged at epoch 3" "$WORK/run-failure.log"
+    run_image hosts-failure 3 --config "$WORK/run-hosts.yaml" --hosts 3 -e "FAILURE=host failed" -e EXIT_CODE=3
+    check "run --image (3 hosts): a failing host fails the run" \
+        grep -q "error: algorithm algo-[123] exited with status 3: host failed" "$WORK/run-hosts-failure.log"
+
+    host_channels "$REPO/config/compose.yaml" "$BAD_DATA" "$WORK/run-bad.yaml"
+    run_image bad-data 1 --config "$WORK/run-bad.yaml" --grace 2
+    check "run --image: a failed stream is one error line naming the object" \
+        grep -q "^sagemaker-pipe: error: .*part-001.csv.gz" "$WORK/run-bad-data.log"
+    check "run --image: the algorithm never saw the failed epoch end" \
+        sh -c "! grep -q 'channel=validation epoch=0' '$WORK/run-bad-data.log'"
+    check "run --image: no container left after the runs" test -z "$(docker ps -aq)"
 fi
 
 # ---------------------------------------------------------------- 8. s3 profile
