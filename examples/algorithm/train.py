@@ -13,6 +13,10 @@ with one record per object this tells which objects the host was given.
 As a SageMaker training image it also leaves a model: /opt/ml/model/model.json (what it read,
 when that folder exists, as under `sagemaker-pipe run --image`). With FAILURE=text it writes
 that text to /opt/ml/output/failure (SageMaker's failure reason) and exits EXIT_CODE (default 1).
+
+With WRITE_MODEL=1 it also writes its lines to /opt/ml/model/<host>.txt, then waits (up to WAIT_S)
+until every host has written its own: the SageMaker SDK's local mode shares /opt/ml/model between
+hosts and stops all of them as soon as one exits.
 """
 
 import hashlib
@@ -26,6 +30,7 @@ ML_ROOT = os.environ.get("ML_ROOT", "/opt/ml")
 EPOCHS = int(os.environ.get("EPOCHS", "3"))
 WAIT_S = float(os.environ.get("WAIT_S", "60"))
 SHOW_RECORDS = os.environ.get("SHOW_RECORDS", "") not in ("", "0")
+WRITE_MODEL = os.environ.get("WRITE_MODEL", "") not in ("", "0")
 FAILURE = os.environ.get("FAILURE")
 MAGIC = 0xCED7230A
 
@@ -67,14 +72,15 @@ def main() -> None:
     with open(config) as f:
         channels = json.load(f)
     pipes = sorted(name for name, c in channels.items() if c["TrainingInputMode"].lower() == "pipe")
-    host = ""
-    if SHOW_RECORDS:
+    host, hosts, lines = "", [], []
+    if SHOW_RECORDS or WRITE_MODEL:
         resource = os.path.join(ML_ROOT, "input", "config", "resourceconfig.json")
         wait_for(resource)
         with open(resource) as f:
             cluster = json.load(f)
-        host = cluster["current_host"]
-        print(f"host={host} hosts={','.join(cluster['hosts'])}", flush=True)
+        host, hosts = cluster["current_host"], cluster["hosts"]
+    if SHOW_RECORDS:
+        print(f"host={host} hosts={','.join(hosts)}", flush=True)
     seen = []
     for epoch in range(EPOCHS):
         for name in pipes:
@@ -87,18 +93,29 @@ def main() -> None:
                 for i, payload in enumerate(payloads(data)):
                     print(f"record host={host} channel={name} epoch={epoch} index={i} bytes={len(payload)} "
                           f"sha256={hashlib.sha256(payload).hexdigest()}", flush=True)
-            print(f"channel={name} epoch={epoch} bytes={len(data)}{records} "
-                  f"sha256={hashlib.sha256(data).hexdigest()}", flush=True)
-            seen.append({"channel": name, "epoch": epoch, "bytes": len(data),
-                         "sha256": hashlib.sha256(data).hexdigest()})
+            digest = hashlib.sha256(data).hexdigest()
+            lines.append(f"channel={name} epoch={epoch} bytes={len(data)}{records} sha256={digest}")
+            print(lines[-1], flush=True)
+            seen.append({"channel": name, "epoch": epoch, "bytes": len(data), "sha256": digest})
     model = os.path.join(ML_ROOT, "model")
     if os.path.isdir(model) and os.access(model, os.W_OK):
         with open(os.path.join(model, "model.json"), "w") as f:
             json.dump({"host": host or None, "epochs": seen}, f, indent=1)
+    if WRITE_MODEL:
+        write_model(host, hosts, lines)
     if FAILURE is not None:
         with open(os.path.join(ML_ROOT, "output", "failure"), "w") as f:
             f.write(FAILURE)
         sys.exit(int(os.environ.get("EXIT_CODE", "1")))
+
+
+def write_model(host: str, hosts: list, lines: list) -> None:
+    model = os.path.join(ML_ROOT, "model")
+    with open(os.path.join(model, f".{host}.txt"), "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+    os.replace(os.path.join(model, f".{host}.txt"), os.path.join(model, f"{host}.txt"))
+    for other in hosts:
+        wait_for(os.path.join(model, f"{other}.txt"))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@
 #     file reported, a failed stream exiting 1 naming the object;
 #  8. with the `s3` profile (SeaweedFS seeded with examples/data) runs the same
 #     job from s3:// channels, when the package can read S3;
+#  8b. runs a real SageMaker SDK v2 Estimator.fit() in local mode on 2 instances
+#     with sagemaker-pipe serving Pipe channels, on the host and as a sidecar
+#     image in the SDK's compose project (tests/container/sdk_fit.py);
 #  9. prints image sizes and timings, then removes every container, image,
 #     volume and network, stops its dockerd by pid and deletes its data root.
 #
@@ -46,6 +49,7 @@
 #   SAGEMAKER_PIPE_CTEST_S3      auto (default: when sagemaker_pipe can read s3://), 1, 0
 #   SAGEMAKER_PIPE_CTEST_REBUILD_BASE=1   rebuild the cached base tarball
 #   SAGEMAKER_PIPE_CTEST_KEEP=1  keep the work dir (logs) after the run
+#   SAGEMAKER_PIPE_CTEST_SDK=0   skip step 8b (the SDK's venv is cached under ~/.cache/sagemaker-pipe-tests)
 set -Eeuo pipefail
 
 SKIP=77
@@ -654,6 +658,41 @@ if [ "$S3_MODE" = 1 ] && [ "$images_ok" = 1 ]; then
         run_job s3 algorithm-s3 "$WORK/expected-s3.txt" --profile s3 -- algorithm-s3
         stop_and_check sidecar-s3 "${PROJECT}_ml-input-s3" --profile s3
         compose --profile s3 down --volumes --timeout 5 >/dev/null 2>&1 || true
+    fi
+fi
+
+# ---------------------------------------------------------------- 8b. SDK local mode
+# A real Estimator.fit() (SageMaker SDK v2, in the cached venv of tests/sdk_envs.py) in local mode
+# on 2 instances: the SDK runs `docker compose` (compose v2 from the tool venv, as a CLI plugin),
+# sagemaker-pipe serves the Pipe channels, first on the host, then as the sidecar image inside the
+# SDK's compose project. tests/container/sdk_fit.py checks the model artifacts and the bytes.
+if [ "$images_ok" = 1 ] && [ "${SAGEMAKER_PIPE_CTEST_SDK:-1}" = 1 ]; then
+    t=$(now)
+    if SDK_PY=$(timeout 1800 python3 "$REPO/tests/sdk_envs.py" v2 2>"$WORK/sdk-venv.log"); then
+        timing "SDK v2 venv (pip, cached across runs)" "$(since "$t")"
+        mkdir -p "$WORK/docker-config/cli-plugins"
+        ln -sf "$COMPOSE" "$WORK/docker-config/cli-plugins/docker-compose"
+        for mode in host sidecar; do
+            t=$(now)
+            extra=()
+            [ "$mode" = sidecar ] && extra=(--sidecar-image "$SIDECAR_IMAGE")
+            if DOCKER_CONFIG="$WORK/docker-config" PYTHONPATH="$REPO" SAGEMAKER_SUPPRESS_V2_WARNING=1 \
+                AWS_ACCESS_KEY_ID=none AWS_SECRET_ACCESS_KEY=none AWS_EC2_METADATA_DISABLED=true \
+                timeout 600 "$SDK_PY" "$HERE/sdk_fit.py" --image "$ALGO_IMAGE" --data "$REPO/examples/data" \
+                --root "$WORK/sdk-$mode" "${extra[@]}" >"$WORK/sdk-$mode.log" 2>&1; then
+                tail -n 1 "$WORK/sdk-$mode.log" | sed 's/^/[container-test]   /' >&2
+                pass "SDK v2 Estimator.fit(), local mode, 2 instances, Pipe ($mode mode): returns, artifacts, bytes"
+            else
+                tail -n 40 "$WORK/sdk-$mode.log" >&2
+                fail "SDK v2 Estimator.fit(), local mode, 2 instances, Pipe ($mode mode)"
+            fi
+            timing "SDK v2 fit ($mode mode)" "$(since "$t")"
+        done
+    elif [ $? = 77 ]; then
+        log "SDK local mode not tested: $(tail -n 1 "$WORK/sdk-venv.log")"
+    else
+        tail -n 5 "$WORK/sdk-venv.log" >&2
+        fail "install the SageMaker SDK v2 venv for the SDK local-mode test"
     fi
 fi
 
