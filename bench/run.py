@@ -1,6 +1,6 @@
 """sagemaker-pipe benchmark: measures the targets of issue 5 against their baselines, in one run.
 
-    python bench/run.py [--quick] [--cases local,small,gzip,s3,memory,turnaround]
+    python bench/run.py [--quick] [--cases local,small,gzip,s3,memory,turnaround,latency]
                         [--reps N] [--package-dir DIR] [--py-spy DIR]
 
 Each case makes its own data (on /dev/shm when it exists), runs the real sidecar as a child
@@ -33,6 +33,7 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cases_latency  # noqa: E402
 import cases_local  # noqa: E402
 import cases_s3  # noqa: E402
 from common import BENCH, REPO, Procs, Results, Row, Settings, fmt, imported_package, machine  # noqa: E402
@@ -46,8 +47,9 @@ LOCAL_CASES: dict[str, Callable[[Settings, Results], None]] = {
 S3_CASES: dict[str, Callable[[Settings, Results, cases_s3.S3Env], None]] = {
     "s3": cases_s3.case_s3,
     "memory": cases_s3.case_memory,
+    "latency": cases_latency.case_latency,
 }
-ALL = ["local", "small", "gzip", "s3", "memory", "turnaround"]
+ALL = ["local", "small", "gzip", "s3", "memory", "turnaround", "latency"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

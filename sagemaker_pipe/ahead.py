@@ -13,6 +13,7 @@ from collections.abc import Generator, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
+U = TypeVar("U")
 _END = object()
 _POLL_S = 0.1  # how often a producer with a full queue checks whether the consumer left
 
@@ -22,8 +23,11 @@ class _Failed:
         self.error = error
 
 
-def ahead(items: Iterator[T], depth: int) -> Generator[T, None, None]:
+def ahead(items: Iterator[T], depth: int, idle: U | None = None) -> Generator[T | U, None, None]:
     """Yield what `items` yields, produced in a helper thread at most `depth` items ahead.
+
+    With `idle`, that is yielded first whenever the next item is not ready yet: the consumer
+    learns that it is about to wait (fifo.FLUSH: send what was gathered meanwhile).
 
     An error in the producer is raised here, in the consumer, in order. Closing this generator
     stops the producer and waits for it, so the consumer may then close what the producer read
@@ -58,7 +62,14 @@ def ahead(items: Iterator[T], depth: int) -> Generator[T, None, None]:
     worker.start()
     try:
         while True:
-            item = q.get()
+            if idle is None:
+                item = q.get()
+            else:
+                try:
+                    item = q.get_nowait()
+                except queue.Empty:
+                    yield idle
+                    item = q.get()
             if item is _END:
                 return
             if isinstance(item, _Failed):

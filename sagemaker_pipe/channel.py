@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sagemaker_pipe import readers, smallfiles, sources, transforms
 from sagemaker_pipe.ahead import ahead
-from sagemaker_pipe.chunks import SinkChunk
+from sagemaker_pipe.chunks import FLUSH, SinkChunk
 from sagemaker_pipe.errors import Stopped
 from sagemaker_pipe.fifo import FifoSet, FifoWriter, ReaderGone, open_writer
 from sagemaker_pipe.layout import Layout
@@ -20,6 +20,7 @@ from sagemaker_pipe.sources import ObjectRef, ObjectStream
 log = logging.getLogger("sagemaker_pipe")
 MIN_EPOCH_S = 0.05  # shorter epochs are mostly start-up: their shares of waiting say nothing
 AHEAD = 8  # chunks (up to a megabyte each) a helper thread may hold ready for the writer
+_IDLE = object()  # from ahead(): the helper has nothing ready
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ class ChannelWorker:
         streams = sources.stream(refs)
         produced = self._chunks(units, streams, epoch)
         if c.gunzip:  # inflate in a helper thread, beside this thread's writes (inflated chunks are bytes, never spans)
-            produced = ahead(produced, AHEAD)
+            produced = _ahead(produced)
         sent = [0]
         body = _counted(produced, sent)
         chunks = transforms.Throttle(c.throttle_mbps, self.stop).apply(body) if c.throttle_mbps else body
@@ -200,7 +201,13 @@ class ChannelWorker:
                     continue
                 stream = next(streams)
                 try:
-                    for chunk in transforms.object_chunks(stream, c.gunzip, c.recordio):
+                    chunks = transforms.object_chunks(stream, c.gunzip, c.recordio)
+                    while True:
+                        if not stream.ready():  # a wait for the network: what is gathered goes first
+                            yield FLUSH, done
+                        chunk = next(chunks, None)
+                        if chunk is None:
+                            break
                         yield chunk, done
                 finally:
                     stream.close()
@@ -225,14 +232,25 @@ class ChannelWorker:
             for chunk, k in self._readers.stream(run, epoch):
                 yield chunk, done + k
             return
-        batches = smallfiles.batches([self._table[i] for i in run], c.recordio, c.name, epoch)
+        batches = ((batch, done + k) for batch, k in
+                   smallfiles.batches([self._table[i] for i in run], c.recordio, c.name, epoch))
         if not c.gunzip:
-            batches = ahead(batches, AHEAD)
+            batches = _ahead(batches, done)
         try:
-            for batch, k in batches:
-                yield batch, done + k
+            yield from batches
         finally:
             batches.close()  # the helper thread is done before the caller moves on
+
+
+def _ahead(produced: Iterator[tuple[SinkChunk, int]], done: int = 0) -> Generator[tuple[SinkChunk, int], None, None]:
+    """`produced` made in a helper thread; whenever its next chunk is not ready, FLUSH comes first
+    (with the count of units complete so far, `done` before the first chunk)."""
+    for item in ahead(produced, AHEAD, idle=_IDLE):
+        if item is _IDLE:
+            yield FLUSH, done
+        else:
+            yield item  # type: ignore[misc]
+            done = item[1]  # type: ignore[index]
 
 
 def _counted(produced: Iterator[tuple[SinkChunk, int]], sent: list[int]) -> Generator[SinkChunk, None, None]:

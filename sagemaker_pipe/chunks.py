@@ -17,6 +17,7 @@ from sagemaker_pipe.errors import Stopped
 
 CHUNK = 1 << 20  # read size where the data passes through Python
 BATCH = 1 << 20  # small pieces are gathered up to this before one write()
+PROMPT_S = 0.02  # ... but no byte waits in a batch longer than this while more is being gathered
 POLL_S = 0.1  # the longest a blocked worker goes without checking for shutdown
 
 
@@ -58,6 +59,7 @@ class PipeSpan:
 
 Chunk = bytes | bytearray | memoryview | FileSpan  # what a source gives
 SinkChunk = Chunk | PipeSpan  # what a channel gives its FIFO
+FLUSH = memoryview(b"")  # not data: the source is about to wait, so the sink sends what it gathered now
 
 
 class ObjectStream(Protocol):
@@ -71,6 +73,9 @@ class ObjectStream(Protocol):
 
     def chunks(self) -> Iterator[Chunk]:
         """The whole object, as spans or bytes, for the plain (untransformed) path."""
+
+    def ready(self) -> bool:
+        """Whether the next read has its bytes at hand (else the channel flushes before it waits)."""
 
     def reopen(self) -> ObjectStream:
         """The same object from its first byte again (used when a length must be counted first)."""

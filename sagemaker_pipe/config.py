@@ -7,7 +7,10 @@ channel and the field, using SageMaker's own field names.
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -17,7 +20,7 @@ from urllib.parse import unquote, urlparse
 import yaml
 
 from sagemaker_pipe.errors import ConfigError
-from sagemaker_pipe.fields import TOP_LEVEL_KEYS, did_you_mean, got, unknown
+from sagemaker_pipe.fields import TOP_LEVEL_KEYS, did_you_mean, got, shown, unknown
 
 DATA_TYPES = ("S3Prefix", "ManifestFile", "AugmentedManifestFile")
 DISTRIBUTIONS = ("FullyReplicated", "ShardedByS3Key")
@@ -40,6 +43,20 @@ HOMOGENEOUS = "homogeneousCluster"  # SageMaker's group name for a job without I
 # current_instance_type without ResourceConfig.InstanceType: the toolkit's own default, in none of its
 # EFA instance lists (sagemaker_training/__init__.py), so no launcher switches EFA on (docs/instance-groups.md).
 DEFAULT_INSTANCE_TYPE = "local"
+
+# CreateTrainingJob's own limits (botocore's sagemaker service model), so that what runs here runs there
+MAX_CHANNELS = 20
+MAX_HYPERPARAMETERS = 100
+MAX_HYPERPARAMETER_KEY = 256
+MAX_HYPERPARAMETER_VALUE = 2500
+MAX_S3_URI = 1024
+MAX_CONTENT_TYPE = 256
+MAX_ATTRIBUTE_NAME = 256
+LONG = (-(1 << 63), (1 << 63) - 1)  # ShuffleConfig.Seed is a Long
+MAX_HOSTS = 10_000  # local: every host is listed in resourceconfig.json (the API's int32 allows far more)
+# The channel file itself: far above any real job, far below what would hurt
+MAX_FILE_BYTES = 16 << 20
+MAX_ALIAS_NODES = 100_000  # nodes YAML aliases may add by repetition (a "billion laughs" adds billions)
 
 
 @dataclass(frozen=True)
@@ -142,18 +159,86 @@ def load_job(path: str | Path, hosts: list[str] | None = None, current_host: str
 
 def read_document(path: Path) -> Any:
     """The channel file's YAML (or JSON) document, with a one-line error naming the file."""
+    text = _read_text(path)
+    loader = _Loader(text)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read channel file {path}: {_reason(e)}") from None
-    try:
-        return yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_aliases(node, path)
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise ConfigError(f"channel file {path} is not valid YAML{at}") from None
     except RecursionError:
         raise ConfigError(f"channel file {path} is nested too deeply") from None
+    except ValueError as e:  # a number past int()'s digit limit
+        raise ConfigError(f"channel file {path}: {e}") from None
+    finally:
+        loader.dispose()
+
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's when PyYAML has it: 16 MiB in a second
+
+
+def _read_text(path: Path) -> str:
+    """A regular file of at most MAX_FILE_BYTES, as UTF-8: never a device, a FIFO or a folder."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block the open
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"channel file {path} is not a regular file")
+            if st.st_size > MAX_FILE_BYTES:
+                raise ConfigError(f"channel file {path} is {st.st_size} bytes; the limit is {MAX_FILE_BYTES}")
+            data = b""
+            while len(data) <= MAX_FILE_BYTES and (more := os.read(fd, MAX_FILE_BYTES + 1 - len(data))):
+                data += more
+        finally:
+            os.close(fd)
+        if len(data) > MAX_FILE_BYTES:
+            raise ConfigError(f"channel file {path} grew past {MAX_FILE_BYTES} bytes while being read")
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read channel file {path}: {_reason(e)}") from None
+
+
+def _check_aliases(root: yaml.Node, path: Path) -> None:
+    """Refuse a document whose aliases repeat more than MAX_ALIAS_NODES nodes.
+
+    An alias is the node its anchor names, shared, not copied, so the document costs little
+    until something walks it (json.dumps of a hyperparameter would build gigabytes). Each
+    distinct node is sized once here, so this takes time in the file's size, not the expansion's.
+    """
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()  # expanded, not yet sized: met again below itself, it contains itself
+    distinct = 0
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        if not children_done:
+            if key in open_:
+                raise ConfigError(f"channel file {path}: a YAML alias refers to a node that contains it")
+            open_.add(key)
+        kids: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            kids = node.value
+        elif isinstance(node, yaml.MappingNode):
+            kids = [n for pair in node.value for n in pair]
+        if children_done:
+            size = 1 + sum(sizes[id(k)] for k in kids)
+            distinct += 1
+            if size - distinct > MAX_ALIAS_NODES:
+                raise ConfigError(f"channel file {path}: YAML aliases expand to more than "
+                                  f"{MAX_ALIAS_NODES} nodes")
+            sizes[key] = size
+        else:
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in sizes)
 
 
 def parse_job(
@@ -175,8 +260,9 @@ def parse_job(
         raise ConfigError(f"{source}: expected a list of channels or a mapping with InputDataConfig")
     if not isinstance(channels_doc, list) or not channels_doc:
         raise ConfigError(f"{source}: InputDataConfig must be a non-empty list of channels")
-    if len(channels_doc) > 20:
-        raise ConfigError(f"{source}: InputDataConfig has {len(channels_doc)} channels; SageMaker allows 1 to 20")
+    if len(channels_doc) > MAX_CHANNELS:
+        raise ConfigError(f"{source}: InputDataConfig has {len(channels_doc)} channels; "
+                          f"SageMaker allows 1 to {MAX_CHANNELS}")
 
     job_mode = _job_input_mode(top, source)
     channels = [_parse_channel(c, i, job_mode, base_dir) for i, c in enumerate(channels_doc)]
@@ -299,6 +385,7 @@ def _parse_channel(doc: Any, index: int, job_mode: str, base_dir: Path) -> Chann
         raise ConfigError(f"{where}: DataSource.S3DataSource.S3Uri is required (an s3:// URI or a local path)")
     if "\0" in uri:
         raise ConfigError(f"{where}: DataSource.S3DataSource.S3Uri contains a NUL byte")
+    _at_most(uri, MAX_S3_URI, f"{where}: DataSource.S3DataSource.S3Uri")
     if not uri.startswith("s3://"):
         try:
             uri = resolve_local(uri, base_dir)
@@ -311,11 +398,10 @@ def _parse_channel(doc: Any, index: int, job_mode: str, base_dir: Path) -> Chann
         if (
             not isinstance(attributes, list)
             or not 1 <= len(attributes) <= 16
-            or not all(isinstance(a, str) and a for a in attributes)
+            or not all(isinstance(a, str) and 1 <= len(a) <= MAX_ATTRIBUTE_NAME for a in attributes)
         ):
-            raise ConfigError(
-                f"{where}: DataSource.S3DataSource.AttributeNames must be a list of 1 to 16 attribute names"
-            )
+            raise ConfigError(f"{where}: DataSource.S3DataSource.AttributeNames must be a list of 1 to 16 "
+                              f"attribute names of 1 to {MAX_ATTRIBUTE_NAME} characters")
     elif attributes is not None:
         raise ConfigError(f"{where}: DataSource.S3DataSource.AttributeNames is only for AugmentedManifestFile")
 
@@ -326,6 +412,8 @@ def _parse_channel(doc: Any, index: int, job_mode: str, base_dir: Path) -> Chann
     content_type = doc.get("ContentType")
     if content_type is not None and not isinstance(content_type, str):
         raise ConfigError(f"{where}: ContentType must be a string")
+    if content_type is not None:
+        _at_most(content_type, MAX_CONTENT_TYPE, f"{where}: ContentType")
 
     return Channel(
         name=name,
@@ -361,8 +449,8 @@ def _parse_shuffle(doc: Any, where: str) -> int | None:
     if not isinstance(doc, Mapping) or set(doc) != {"Seed"}:
         raise ConfigError(f"{where}: ShuffleConfig must be a mapping with exactly one field, Seed")
     seed = doc["Seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"{where}: ShuffleConfig.Seed must be an integer (got {seed!r})")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not LONG[0] <= seed <= LONG[1]:
+        raise ConfigError(f"{where}: ShuffleConfig.Seed must be a 64-bit integer (got {_short(seed)})")
     return seed
 
 
@@ -389,15 +477,34 @@ def _parse_extensions(doc: Any, where: str) -> float | None:
         raise ConfigError(f"{where}: SageMakerPipe must be a mapping")
     _no_unknown(doc, EXTENSION_FIELDS, where, prefix="SageMakerPipe.")
     rate = doc.get("ThrottleMBps")
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0):
-        raise ConfigError(f"{where}: SageMakerPipe.ThrottleMBps must be a positive number (got {rate!r})")
-    return None if rate is None else float(rate)
+    if rate is None:
+        return None
+    try:
+        value = float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else math.nan
+    except OverflowError:
+        value = math.inf
+    if not (0 < value < math.inf):
+        raise ConfigError(f"{where}: SageMakerPipe.ThrottleMBps must be a positive number (got {_short(rate)})")
+    return value
 
 
 def _no_unknown(doc: Mapping[str, Any], known: set[str], where: str, prefix: str = "") -> None:
     for key in doc:
         if key not in known:
             raise ConfigError(f"{where}: {unknown(key, known, prefix)}")
+
+
+def _at_most(value: str, limit: int, what: str) -> None:
+    if len(value) > limit:
+        raise ConfigError(f"{what} is {len(value)} characters; SageMaker allows at most {limit}")
+
+
+def _short(value: Any) -> str:
+    """A value for an error line, cut so that a huge number or string stays one short line."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"a {value.bit_length()}-bit number"
+    text = shown(value) if isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _parse_resources(doc: Any, source: str) -> tuple[tuple[InstanceGroup, ...], str, bool]:
@@ -421,8 +528,9 @@ def _parse_resources(doc: Any, source: str) -> tuple[tuple[InstanceGroup, ...], 
             hosts = _check_hosts(doc["Hosts"], "ResourceConfig.Hosts")
         else:
             count = doc.get("InstanceCount", 1)
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ConfigError(f"{source}: ResourceConfig.InstanceCount must be a positive integer (got {count!r})")
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_HOSTS:
+                raise ConfigError(f"{source}: ResourceConfig.InstanceCount must be an integer from 1 to "
+                                  f"{MAX_HOSTS} (got {_short(count)})")
             hosts = [f"algo-{i}" for i in range(1, count + 1)]
         groups = (InstanceGroup(HOMOGENEOUS, instance_type, tuple(hosts)),)
         heterogeneous = False
@@ -452,7 +560,9 @@ def _parse_groups(doc: Any, source: str) -> tuple[InstanceGroup, ...]:
         if not isinstance(kind, str) or not kind.strip():
             raise ConfigError(f"{at}.InstanceType must be an instance type name (got {kind!r})")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ConfigError(f"{at}.InstanceCount must be a whole number, 0 or more (got {count!r})")
+            raise ConfigError(f"{at}.InstanceCount must be a whole number, 0 or more (got {_short(count)})")
+        if count > MAX_HOSTS:
+            raise ConfigError(f"{at}.InstanceCount is {_short(count)}; at most {MAX_HOSTS} hosts here")
         first = sum(len(x.hosts) for x in groups) + 1
         groups.append(InstanceGroup(name, kind, tuple(f"algo-{n}" for n in range(first, first + count))))
     if not any(g.hosts for g in groups):
@@ -486,11 +596,11 @@ def _check_instance_groups(channels: list[Channel], cluster: Cluster, source: st
 def _check_hosts(hosts: Any, what: str) -> list[str]:
     if (
         not isinstance(hosts, list)
-        or not hosts
+        or not 1 <= len(hosts) <= MAX_HOSTS
         or not all(isinstance(h, str) and HOST_RE.fullmatch(h) for h in hosts)
         or len(set(hosts)) != len(hosts)
     ):
-        raise ConfigError(f"{what} must be a non-empty list of distinct host names")
+        raise ConfigError(f"{what} must be a list of 1 to {MAX_HOSTS} distinct host names")
     return sorted(hosts)
 
 
@@ -500,7 +610,21 @@ def _parse_hyperparameters(doc: Any, source: str) -> dict[str, str]:
         return {}
     if not isinstance(doc, Mapping):
         raise ConfigError(f"{source}: HyperParameters must be a mapping")
-    return {str(k): v if isinstance(v, str) else json.dumps(v, separators=(",", ":")) for k, v in doc.items()}
+    if len(doc) > MAX_HYPERPARAMETERS:
+        raise ConfigError(f"{source}: HyperParameters has {len(doc)} entries; SageMaker allows at most "
+                          f"{MAX_HYPERPARAMETERS}")
+    out = {}
+    for k, v in doc.items():
+        key = str(k)
+        _at_most(key, MAX_HYPERPARAMETER_KEY, f"{source}: HyperParameters key {_short(key)}")
+        try:
+            value = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+        except TypeError:  # a YAML date, set or binary: no JSON for it
+            raise ConfigError(f"{source}: HyperParameters.{_short(key)} is a YAML {type(v).__name__}; "
+                              "quote it to pass it as a string") from None
+        _at_most(value, MAX_HYPERPARAMETER_VALUE, f"{source}: HyperParameters.{_short(key)}")
+        out[key] = value
+    return out
 
 
 def _reason(e: BaseException) -> str:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from sagemaker_pipe.chunks import BATCH, POLL_S, FileSpan, PipeSpan, SinkChunk, wait_readable
+from sagemaker_pipe.chunks import BATCH, FLUSH, POLL_S, PROMPT_S, FileSpan, PipeSpan, SinkChunk, wait_readable
 from sagemaker_pipe.errors import DataError, Stopped
 
 
@@ -159,6 +159,7 @@ class FifoWriter:
         self.starved_s = 0.0  # the pipe was empty: the algorithm waited for the source
         self._idle_since = time.monotonic()  # end of the last write: production time starts here
         self._batch = bytearray()
+        self._due = 0.0  # when the batch's first byte has waited PROMPT_S
         self._poll = select.poll()
         self._poll.register(fd, select.POLLOUT)
         try:
@@ -167,8 +168,11 @@ class FifoWriter:
             pass  # over the user's pipe-buffer quota: the default size still works, only slower
 
     def write_all(self, chunks: Iterable[SinkChunk]) -> None:
+        """Write every chunk; small ones are gathered up to BATCH, but never past a FLUSH or PROMPT_S."""
         for c in chunks:
-            if isinstance(c, FileSpan):
+            if c is FLUSH:
+                self.flush()
+            elif isinstance(c, FileSpan):
                 self.flush()
                 self._splice(c)
             elif isinstance(c, PipeSpan):
@@ -178,8 +182,10 @@ class FifoWriter:
                 self.flush()
                 self._write(memoryview(c))
             else:
+                if not self._batch:
+                    self._due = time.monotonic() + PROMPT_S
                 self._batch += c
-                if len(self._batch) >= BATCH:
+                if len(self._batch) >= BATCH or time.monotonic() >= self._due:
                     self.flush()
 
     def flush(self) -> None:

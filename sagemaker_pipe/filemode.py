@@ -19,7 +19,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -34,6 +34,7 @@ from sagemaker_pipe.sources import ObjectRef
 log = logging.getLogger("sagemaker_pipe")
 FILE_MODES = ("File", "FastFile")
 SPAN_STEP = 64 << 20  # a large local file is copied in steps of this, so shutdown is noticed
+_TMP_SUFFIX = ".part"
 
 
 def is_file_mode(plan: ChannelPlan) -> bool:
@@ -106,10 +107,48 @@ def file_copies(plans: Sequence[ChannelPlan], layout: Layout, warn: bool = True)
                 if parent in files:
                     raise ConfigError(f"channel {c.name!r}: object keys {str(parent)!r} and {str(path)!r} "
                                       f"cannot both be files (one would be the other's folder)")
+        _check_lengths(c.name, layout.folder(c.name), files)
         for warning in mode_notes(plan) if warn else ():
             log.warning("channel %s: %s", c.name, warning)
         out.append(FileCopy(plan, layout.folder(c.name), tuple((r, p) for p, r in files.items())))
     return out
+
+
+def _check_lengths(channel: str, folder: Path, paths: Iterable[PurePosixPath]) -> None:
+    """Keys whose file name or whole path the target file system cannot hold: refused before any copy."""
+    name_max, path_max = _limits(folder)
+    for path in paths:
+        where = f"channel {channel!r}: object key {_cut(str(path))!r}"
+        for part in path.parts:
+            if len(os.fsencode(part)) > name_max:
+                raise ConfigError(f"{where} has a path component of {len(os.fsencode(part))} bytes; "
+                                  f"the file system under {folder} allows {name_max}")
+        dest = folder / path
+        length = len(os.fsencode(str(dest)))
+        temporary = len(os.fsencode(str(dest.parent / _tmp_prefix(dest.name)))) + 8 + len(_TMP_SUFFIX)
+        if max(length, temporary) >= path_max:
+            raise ConfigError(f"{where} makes a path of {length} bytes under {folder}; "
+                              f"the file system allows {path_max - 1}")
+
+
+def _limits(folder: Path) -> tuple[int, int]:
+    """NAME_MAX and PATH_MAX where the folder is (or will be), or Linux's usual 255 and 4096."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        return os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return 255, 4096
+
+
+def _tmp_prefix(name: str) -> str:
+    """A file's temporary sibling starts with (some of) its name, and fits wherever the file fits."""
+    return f".{name[:32]}."
+
+
+def _cut(text: str, keep: int = 60) -> str:
+    return text if len(text) <= keep else text[:keep] + "..."
 
 
 def mode_notes(plan: ChannelPlan) -> list[str]:
@@ -238,7 +277,7 @@ def _copy_object(fc: FileCopy, stream: sources.ObjectStream, dest: Path, stop: t
     name = stream.ref.uri
     try:
         make_dirs(dest.parent)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=_tmp_prefix(dest.name), suffix=_TMP_SUFFIX)
     except OSError as e:
         raise DataError(f"channel {fc.name!r}: cannot write {dest}: {e.strerror or e}") from None
     with _partials_lock:

@@ -5,10 +5,11 @@ against user time, measured by hand). Threads cannot share that out, since each 
 hands the GIL over; processes can. A channel's first long run of small files starts count()
 processes, which get the channel's table of small pieces once. Each order after that is a slice
 of unit numbers, about half a megabyte's worth; a reader answers on its own pipe with the
-slice's bytes, framed by smallfiles.batches as in the channel's own process, and the channel's
-thread splices them on into the FIFO without copying them (fifo.FifoWriter, PipeSpan). Orders
-go out round robin and answers are taken back in the same order, so the FIFO gets the same
-bytes either way.
+slice's bytes, framed by smallfiles.batches as in the channel's own process, one frame per
+batch (a batch ends after PROMPT_S, so a slow file system does not hold the first bytes back
+for a whole order), and the channel's thread splices them on into the FIFO without copying
+them (fifo.FifoWriter, PipeSpan). Orders go out round robin and answers are taken back in the
+same order, so the FIFO gets the same bytes either way.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ ORDER_UNITS = 256  # at most: DEPTH orders (4 bytes a unit) fit the smallest pip
 ORDER_BYTES = BATCH // 2  # about, per order: half-megabyte answers through 1 MiB pipes kept both cores
 # busier than 1 MiB answers through 2 MiB pipes (measured by hand: about 0.4 s against 0.6 s an epoch)
 _ORDER = struct.Struct("<II")  # epoch, number of unit numbers that follow
-_ANSWER = struct.Struct("<?Q")  # failed, length of the bytes (or of the error message) that follow
+_ANSWER = struct.Struct("<?QI")  # failed, length of the bytes (or error message) that follow, units done
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 log = logging.getLogger("sagemaker_pipe")
 
@@ -77,38 +78,47 @@ class Readers:
         pipes, so that the readers serve the next run; after a failure or on shutdown they are stopped.
         """
         kept = False
-        got = sent = 0
+        got = sent = done = 0
         span: PipeSpan | None = None
+        step = self.per_order
+        starts = range(0, len(run), step)
+        sizes = [min(step, len(run) - s) for s in starts]  # units per order
         try:
             if not self._procs:
                 self._start()
-            procs, step = self._procs, self.per_order
-            starts = range(0, len(run), step)
+            procs = self._procs
             for got, start in enumerate(starts):
                 while sent < len(starts) and sent < got + DEPTH * len(procs):
                     self._order(procs[sent % len(procs)][0], run[starts[sent]:starts[sent] + step], epoch)
                     sent += 1
                 proc, answers = procs[got % len(procs)]
-                span = PipeSpan(answers, self._answer(proc, answers), self._label(proc), [0])
-                yield span, min(start + step, len(run))
+                done = 0
+                while done < sizes[got]:
+                    length, done = self._answer(proc, answers)
+                    span = PipeSpan(answers, length, self._label(proc), [0])
+                    yield span, start + done
             kept = True
         except GeneratorExit:
-            kept = span is not None and self._drain(span, got, sent)
+            kept = span is not None and self._drain(span, sizes, got, done, sent)
             raise
         finally:
             if not kept:
                 self.close()
 
-    def _drain(self, span: PipeSpan, got: int, sent: int) -> bool:
-        """Discard the rest of answer `got` (`span`) and the answers after it; False if that fails."""
+    def _drain(self, span: PipeSpan, sizes: list[int], got: int, done: int, sent: int) -> bool:
+        """Discard the rest of order `got` (`span` on, `done` of its units answered) and the orders
+        after it (`sizes`: units per order); False if that fails."""
         if self.stop.is_set():
             return False
         procs = self._procs
         try:
             self._read(procs[got % len(procs)][0], span.fd, span.length - span.moved[0], keep=False)
-            for k in range(got + 1, sent):
+            for k in range(got, sent):
                 proc, answers = procs[k % len(procs)]
-                self._read(proc, answers, self._answer(proc, answers), keep=False)
+                while done < sizes[k]:
+                    length, done = self._answer(proc, answers)
+                    self._read(proc, answers, length, keep=False)
+                done = 0
         except (DataError, Stopped):
             return False
         return True
@@ -158,12 +168,13 @@ class Readers:
         except BrokenPipeError:
             raise DataError(f"{self._label(proc)} ended ({_exit(proc)})") from None
 
-    def _answer(self, proc: subprocess.Popen[bytes], answers: int) -> int:
-        """The length of the reader's next answer, now waiting in its pipe; a failure is raised."""
-        failed, length = _ANSWER.unpack(self._read(proc, answers, _ANSWER.size))
+    def _answer(self, proc: subprocess.Popen[bytes], answers: int) -> tuple[int, int]:
+        """The length of the reader's next frame, now waiting in its pipe, and the units of its
+        order complete after it; a failure is raised."""
+        failed, length, done = _ANSWER.unpack(self._read(proc, answers, _ANSWER.size))
         if failed:
             raise DataError(self._read(proc, answers, length).decode(errors="replace"))
-        return length
+        return length, done
 
     def _read(self, proc: subprocess.Popen[bytes], fd: int, n: int, keep: bool = True) -> bytes:
         """n bytes from a reader's pipe (or n bytes skipped), waiting as long as it takes unless stopped."""
@@ -209,12 +220,15 @@ def main() -> None:
                 return  # the channel's process ended mid-order
             units.frombytes(numbers)
             try:
-                parts = [b for b, _ in smallfiles.batches([table[i] for i in units], recordio, name, epoch)]
+                for batch, done in smallfiles.batches([table[i] for i in units], recordio, name, epoch):
+                    if batch or done == n:
+                        _write(out, [_ANSWER.pack(False, len(batch), done), batch])
+                    if done == n:
+                        break
             except DataError as e:
                 message = str(e).encode()
-                _write(out, [_ANSWER.pack(True, len(message)), message])
+                _write(out, [_ANSWER.pack(True, len(message), 0), message])
                 return
-            _write(out, [_ANSWER.pack(False, sum(map(len, parts))), *parts])
     except BrokenPipeError:
         pass  # the channel closed our pipe: it needs no more answers
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import time
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING
 
-from sagemaker_pipe.chunks import BATCH
-from sagemaker_pipe.errors import DataError
+from sagemaker_pipe.chunks import BATCH, PROMPT_S
 from sagemaker_pipe.sources import ObjectRef
 from sagemaker_pipe.sources.local import SMALL, is_small, read_small
 from sagemaker_pipe.transforms import MAX_RECORD, RECORDIO_MAGIC, recordio_header
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # not imported at run time: reader processes (readers.py) sta
 
 _HEADER = struct.Struct("<II")
 _PADS = (b"", b"\0\0\0", b"\0\0", b"\0")  # indexed by length % 4
-_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO put in a file's place must not block
 log = logging.getLogger("sagemaker_pipe")
 
 
@@ -55,42 +55,45 @@ def batches(units: Sequence[Pieces], recordio: bool, name: str,
             epoch: int) -> Generator[tuple[bytearray, int], None, None]:
     """The units' bytes in batches of about BATCH bytes, each with the units complete after it.
 
-    A file that is not the size it was listed with is read again through `read_small`, which
-    takes a grown file whole and refuses a shrunk one, naming it.
+    A file that reads as anything but its listed size (at most SMALL + 1 bytes are read) is
+    opened again through `read_small`, which says how it changed since it was listed.
+    A batch also ends PROMPT_S after it began, so that on a slow file system the first bytes
+    do not wait for a megabyte's worth of files.
     """
-    open_, read, close, pack = os.open, os.read, os.close, _HEADER.pack
+    open_, read, close, pack, now = os.open, os.read, os.close, _HEADER.pack, time.monotonic
     debug = log.isEnabledFor(logging.DEBUG)
     batch = bytearray()
     done = 0
-    uri = name
-    try:
-        for unit in units:
-            for piece in unit:
-                if isinstance(piece, bytes):
-                    data = piece
-                else:
-                    uri, size = piece
+    due = now() + PROMPT_S
+    for unit in units:
+        for piece in unit:
+            if isinstance(piece, bytes):
+                data = piece
+            else:
+                uri, size = piece
+                try:
                     fd = open_(uri, _FLAGS)
                     try:
                         data = read(fd, SMALL + 1)
                     finally:
                         close(fd)
-                    if len(data) != size:
-                        data = read_small(ObjectRef(uri, uri, size))
-                    if debug:
-                        log.debug("channel=%s epoch=%d object=%s bytes=%d", name, epoch, uri, len(data))
-                n = len(data)
-                if recordio:
-                    batch += pack(RECORDIO_MAGIC, n) if n <= MAX_RECORD else recordio_header(
-                        n, "an augmented manifest attribute" if piece is data else uri)
-                    batch += data
-                    batch += _PADS[n & 3]
-                else:
-                    batch += data
-            done += 1
-            if len(batch) >= BATCH:
-                yield batch, done
-                batch = bytearray()
-    except OSError as e:
-        raise DataError(f"cannot read {uri}: {e.strerror}") from None
+                except OSError:
+                    data = None
+                if data is None or len(data) != size:
+                    data = read_small(ObjectRef(uri, uri, size))
+                if debug:
+                    log.debug("channel=%s epoch=%d object=%s bytes=%d", name, epoch, uri, len(data))
+            n = len(data)
+            if recordio:
+                batch += pack(RECORDIO_MAGIC, n) if n <= MAX_RECORD else recordio_header(
+                    n, "an augmented manifest attribute" if piece is data else uri)
+                batch += data
+                batch += _PADS[n & 3]
+            else:
+                batch += data
+        done += 1
+        if len(batch) >= BATCH or now() >= due:
+            yield batch, done
+            batch = bytearray()
+            due = now() + PROMPT_S
     yield batch, done

@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-from sagemaker_pipe.chunks import CHUNK, Chunk, FileSpan, ObjectStream, PipeSpan, SinkChunk
+from sagemaker_pipe.chunks import CHUNK, FLUSH, PROMPT_S, Chunk, FileSpan, ObjectStream, PipeSpan, SinkChunk
 from sagemaker_pipe.errors import DataError, Stopped
 
 log = logging.getLogger("sagemaker_pipe")
@@ -152,21 +152,27 @@ def _checked(chunks: Iterator[Chunk], expected: int, name: str) -> Iterator[Chun
 class Throttle:
     """Paces one epoch's bytes to `mbps` megabytes per second, to play a slow source (S3 from a small instance)."""
 
-    STEP = 256 << 10
+    STEP = 256 << 10  # at most; a slow rate gets pieces of PROMPT_S's worth, so bytes arrive evenly
 
     def __init__(self, mbps: float, stop: threading.Event) -> None:
         self.rate = mbps * 1e6
+        self.step = max(1, min(self.STEP, int(self.rate * PROMPT_S)))
         self.stop = stop
         self.start = time.monotonic()
         self.sent = 0
 
     def apply(self, chunks: Iterator[SinkChunk]) -> Iterator[SinkChunk]:
         for c in chunks:
-            for piece in _pieces(c, self.STEP):
+            if c is FLUSH:
+                yield c
+                continue
+            for piece in _pieces(c, self.step):
                 self.sent += len(piece)
                 delay = self.start + self.sent / self.rate - time.monotonic()
-                if delay > 0 and self.stop.wait(delay):
-                    raise Stopped
+                if delay > 0:
+                    yield FLUSH  # what the writer gathered goes out before this wait, not after
+                    if self.stop.wait(delay):
+                        raise Stopped
                 yield piece
 
 

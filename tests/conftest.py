@@ -434,7 +434,8 @@ class Sidecar:
 
     def __call__(self, *args: str, env: dict | None = None, env_extra: dict | None = None,
                  cwd: os.PathLike | str | None = None, umask: int = -1, user: int | None = None,
-                 entrypoint: bool = False, nofile: int | None = None, installed: bool = False) -> Proc:
+                 entrypoint: bool = False, nofile: int | None = None, installed: bool = False,
+                 memory_mib: int | None = None) -> Proc:
         argv = [sys.executable, ENTRYPOINT] if entrypoint else [sys.executable, "-m", "sagemaker_pipe"]
         if installed:  # the `sagemaker-pipe` command a user types (make test installs it into .venv)
             if not COMMAND.exists():
@@ -443,6 +444,8 @@ class Sidecar:
         argv += [str(a) for a in args]
         if nofile is not None:  # a low open-files limit: a descriptor leak fails fast
             argv = ["sh", "-c", f'ulimit -n {int(nofile)} && exec "$@"', "sh", *argv]
+        if memory_mib is not None:  # an address-space limit (reader processes inherit it): reading without bound fails
+            argv = ["sh", "-c", f'ulimit -v {int(memory_mib) << 10} && exec "$@"', "sh", *argv]
         if env is None:
             env = base_env(**(env_extra or {}))
         return self.reg.start(argv, "sidecar", env=env, cwd=cwd or self.cwd, umask=umask, user=user)
@@ -472,7 +475,8 @@ def consumer(procs: ProcessRegistry, tmp_path: Path):
 
     def start(pattern: os.PathLike | str, epochs: int = 3, modes: str = "full", start: int = 0,
               out: os.PathLike | str | None = None, wait: float = 15.0, timeout: float = 50.0,
-              user: int | None = None, gate: os.PathLike | str | None = None) -> Consumer:
+              user: int | None = None, gate: os.PathLike | str | None = None,
+              timeline: bool = False) -> Consumer:
         argv = [sys.executable, CONSUMER, str(pattern), "--epochs", str(epochs), "--start", str(start),
                 "--modes", modes, "--wait", str(wait), "--timeout", str(timeout)]
         if out is not None:
@@ -480,6 +484,8 @@ def consumer(procs: ProcessRegistry, tmp_path: Path):
             argv += ["--out", str(out)]
         if gate is not None:
             argv += ["--gate", str(gate)]
+        if timeline:
+            argv.append("--timeline")
         return procs.start_consumer(argv, env=base_env(), cwd=tmp_path, user=user)
 
     return start

@@ -13,7 +13,10 @@ mode and prints one JSON line:
      "next_exists_at_eof": bool | null, "out": <file or null>}
 
 ``next_exists_at_eof`` is checked right after read() returned EOF, before closing: it tells
-whether FIFO n+1 already existed at the moment epoch n ended.
+whether FIFO n+1 already existed at the moment epoch n ended. In the modes that read to EOF
+(full, slow) the record also has "first_byte_s" (seconds from open() returning to the first
+byte, null if none) and "seconds" (to EOF); with --timeline, "timeline" lists [seconds since
+open, bytes so far] after every read.
 
 Modes (the last one given repeats for the remaining epochs):
     full           read to EOF
@@ -121,7 +124,8 @@ def consume_mlio(path: str, next_path: str, out: str | None, timeout: float = 20
 
 
 def consume(path: str, next_path: str, mode: str, args: list[float], out: str | None,
-            stall_seconds: float, gate: str | None = None, gate_wait: float = 15.0) -> dict:
+            stall_seconds: float, gate: str | None = None, gate_wait: float = 15.0,
+            timeline: list | None = None) -> dict:
     if mode == "mlio":
         return consume_mlio(path, next_path, out)
     st = os.stat(path)
@@ -170,8 +174,18 @@ def consume(path: str, next_path: str, mode: str, args: list[float], out: str | 
         else:
             size = int(args[0]) if mode == "slow" else CHUNK
             delay = args[1] if mode == "slow" else 0.0
+            opened = time.monotonic()
+            result["first_byte_s"] = None
+            if timeline is not None:
+                result["timeline"] = timeline
             while True:
                 chunk = os.read(fd, size)
+                now = time.monotonic() - opened
+                result["seconds"] = round(now, 4)
+                if chunk and result["first_byte_s"] is None:
+                    result["first_byte_s"] = round(now, 4)
+                if chunk and timeline is not None:
+                    timeline.append([round(now, 4), total + len(chunk)])
                 if not chunk:
                     # The end of the epoch: is the next FIFO there already?
                     result["eof"] = True
@@ -202,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=50.0)
     p.add_argument("--stall-seconds", type=float, default=40.0)
     p.add_argument("--gate", default=None, help="file whose appearance releases a gate:K consumer")
+    p.add_argument("--timeline", action="store_true", help="record [seconds, bytes so far] after every read")
     a = p.parse_args(argv)
 
     def watchdog(signum, frame):  # pragma: no cover - only on a hang
@@ -221,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             return 3
         out = os.path.join(a.out, f"epoch_{n}.bin") if a.out else None
         res = consume(path, a.pattern.format(n=n + 1), mode, args, out, a.stall_seconds,
-                      a.gate, a.wait)
+                      a.gate, a.wait, [] if a.timeline else None)
         res.update(epoch=n, mode=mode, out=out)
         emit(res)
     return 0

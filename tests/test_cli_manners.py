@@ -19,6 +19,7 @@ from conftest import (
     SIGNAL_EXIT,
     base_env,
     channel,
+    error_line,
     fifo,
     pattern,
     wait_for_path,
@@ -126,14 +127,19 @@ def _ctrl_c_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_ctrl_c_exits_130_while_a_command_reads(command, tmp_path):
-    """Each command blocked reading its input (a FIFO nobody writes to) gets SIGINT."""
-    stuck = tmp_path / "stuck"
-    os.mkfifo(stuck)
-    args = {"validate": ["validate", stuck], "from-job": ["from-job", stuck],
+def _fifo_args(command: str, stuck) -> list:
+    return {"validate": ["validate", stuck], "from-job": ["from-job", stuck],
             "status": ["status", "--status-file", stuck],
             "compose": ["compose", "--hosts", "2", "--algorithm-image", "a", "--channels", stuck]}[command]
+
+
+@pytest.mark.parametrize("command", ["from-job", "status"])
+def test_ctrl_c_exits_130_while_a_command_reads(command, tmp_path):
+    """Each command blocked reading its input (a FIFO nobody writes to) gets SIGINT. (A channel
+    file is never read from a FIFO: validate and compose refuse one at once, next test.)"""
+    stuck = tmp_path / "stuck"
+    os.mkfifo(stuck)
+    args = _fifo_args(command, stuck)
     proc = subprocess.Popen([str(COMMAND), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=base_env(), cwd=tmp_path, start_new_session=True,
                             preexec_fn=_ctrl_c_as_in_a_terminal)
@@ -147,6 +153,17 @@ def test_ctrl_c_exits_130_while_a_command_reads(command, tmp_path):
         proc.kill()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and out == "", err
+
+
+@pytest.mark.parametrize("command", ["validate", "compose"])
+def test_a_fifo_as_the_channel_file_is_refused_at_once(command, tmp_path):
+    """Only a regular file is read as a channel file (issue 16): no wait on a FIFO nobody writes."""
+    stuck = tmp_path / "stuck"
+    os.mkfifo(stuck)
+    proc = subprocess.run([str(COMMAND), *map(str, _fifo_args(command, stuck))], capture_output=True, text=True,
+                          timeout=20, env=base_env(), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "not a regular file" in error_line(proc.stderr) and proc.stdout == "", proc.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])

@@ -4,6 +4,7 @@ nothing under <ml-root>/input/config or <ml-root>/input/data."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -143,6 +144,41 @@ CASES: dict[str, Case] = {
     "hyperparameters-not-mapping": Case(lambda t: (cfg_args(job(t, channel("train", good(t)),
                                                                 HyperParameters=["lr", 0.1])),
                                                    ["HyperParameters"])),
+    # SageMaker's own limits (CreateTrainingJob; botocore's sagemaker service model), refused up front
+    "channels-21": case_channels(["InputDataConfig", "20"],
+                                 lambda t: [channel(f"c{i}", good(t)) for i in range(21)]),
+    "hyperparameters-101": Case(lambda t: (cfg_args(job(t, channel("train", good(t)),
+                                                        HyperParameters={f"k{i}": i for i in range(101)})),
+                                           ["HyperParameters", "100"])),
+    "hyperparameter-key-257": Case(lambda t: (cfg_args(job(t, channel("train", good(t)),
+                                                           HyperParameters={"k" * 257: 1})),
+                                              ["HyperParameters", "256"])),
+    "hyperparameter-value-2501": Case(lambda t: (cfg_args(job(t, channel("train", good(t)),
+                                                              HyperParameters={"lr": "1" * 2501})),
+                                                 ["HyperParameters.lr", "2500"])),
+    "hyperparameter-list-value-too-long": Case(lambda t: (cfg_args(job(t, channel("train", good(t)),
+                                                                       HyperParameters={"ids": list(range(1000))})),
+                                                          ["HyperParameters.ids", "2500"])),
+    "hyperparameter-yaml-date": case_file(lambda p: ["HyperParameters.start", "date"], (
+        "InputDataConfig: [{ChannelName: t, DataSource: {S3DataSource: {S3Uri: /nonexistent}}}]\n"
+        "HyperParameters: {start: 2020-01-01}\n")),
+    "s3uri-1025": case_channels(["train", "S3Uri", "1024"],
+                                lambda t: [channel("train", "s3://bucket/" + "k" * 1013)]),
+    "content-type-257": case_fields(["train", "ContentType", "256"], ContentType="x" * 257),
+    "seed-beyond-long": case_fields(["train", "ShuffleConfig.Seed"], ShuffleConfig={"Seed": 1 << 63}),
+    "seed-huge": case_fields(["train", "ShuffleConfig.Seed"], ShuffleConfig={"Seed": 10 ** 4000}),
+    "instance-count-huge": Case(lambda t: (cfg_args(job(t, channel("train", good(t)),
+                                                        ResourceConfig={"InstanceCount": 10 ** 12})),
+                                           ["ResourceConfig.InstanceCount"])),
+    "attribute-name-257": case_fields(["train", "AttributeNames"], s3_S3DataType="AugmentedManifestFile",
+                                      s3_AttributeNames=["a" * 257]),
+    "attribute-names-17": case_fields(["train", "AttributeNames"], s3_S3DataType="AugmentedManifestFile",
+                                      s3_AttributeNames=[f"a{i}" for i in range(17)]),
+    "instance-group-names-6": case_fields(["train", "InstanceGroupNames"],
+                                          s3_InstanceGroupNames=[f"g{i}" for i in range(6)]),
+    "throttle-infinite": case_fields(["train", "ThrottleMBps"], SageMakerPipe={"ThrottleMBps": float("inf")}),
+    "throttle-nan": case_fields(["train", "ThrottleMBps"], SageMakerPipe={"ThrottleMBps": float("nan")}),
+    "throttle-huge-integer": case_fields(["train", "ThrottleMBps"], SageMakerPipe={"ThrottleMBps": 10 ** 400}),
     "current-host-not-in-hosts": Case(lambda t: (cfg_args(job(t, channel("train", good(t)), ResourceConfig={
         "CurrentHost": "algo-9", "Hosts": ["algo-1", "algo-2"]})), ["algo-9"])),
 }
@@ -253,3 +289,17 @@ def test_unusable_data_dir_is_a_clean_error(tmp_path, ml_root, sidecar):
     assert "data" in line, line
     conf = ml_root / "input" / "config"
     assert not conf.exists() or os.listdir(conf) == [], f"config files written before the error: {os.listdir(conf)}"
+
+
+def test_sagemakers_limits_themselves_are_accepted(tmp_path, ml_root, sidecar):
+    """At each of SageMaker's limits (not past it) the job runs, and the hyperparameters reach the
+    algorithm whole."""
+    hyper = {f"k{i:03d}" + "k" * 252: "v" * 2500 for i in range(100)}
+    chans = [channel(f"c{i}", good(tmp_path, f"g{i}"), ContentType="t" * 256,
+                     ShuffleConfig={"Seed": (1 << 63) - 1 if i % 2 else -(1 << 63)}) for i in range(20)]
+    cfg = job(tmp_path, *chans, HyperParameters=hyper, ResourceConfig={"InstanceCount": 3})
+    proc = sidecar(*cfg_args(cfg), "--ml-root", str(ml_root))
+    wait_for_path(fifo(ml_root, "c19", 0))
+    assert proc.alive(), proc.stderr
+    written = json.loads((ml_root / "input" / "config" / "hyperparameters.json").read_text())
+    assert written == hyper

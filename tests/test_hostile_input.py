@@ -150,9 +150,9 @@ def test_source_file_shrinking_or_vanishing_mid_epoch_is_an_error(kind, record_i
     assert not (ml_root / "input" / "data" / "train_1").exists()
 
 
-def test_file_replaced_by_a_larger_one_before_its_turn_is_not_cut(tmp_path, ml_root, sidecar, consumer):
-    """The other direction: a later small file that grows (past the 64 KiB fast path) is read whole
-    and the RecordIO header matches what was sent, so the stream stays well-formed."""
+def test_file_replaced_by_a_larger_one_before_its_turn_stops_the_job(tmp_path, ml_root, sidecar, consumer):
+    """The other direction: a later small file that grows (past the 64 KiB fast path) is not what
+    was listed: exit 1 naming it, and the reader never sees a complete-looking epoch."""
     files = {"a-big": random.Random(5).randbytes(BIG), "m-small": b"m" * 1000}
     src = write_tree(tmp_path / "src", files)
     cfg = write_channel_file(tmp_path / "ch.yaml", [channel("train", src, RecordWrapperType="RecordIO")])
@@ -163,9 +163,12 @@ def test_file_replaced_by_a_larger_one_before_its_turn_is_not_cut(tmp_path, ml_r
     grown = b"M" * 100_000
     (src / "m-small").write_bytes(grown)
     gate.touch()
-    got = reader.results()[0]
-    assert side.wait(20) == 0, side.stderr
-    assert recordio.decode(Path(got["out"]).read_bytes()) == [files["a-big"], grown]
+    got = Path(reader.results()[0]["out"]).read_bytes()
+    assert side.wait(20) == 1, side.stderr
+    line = data_error_line(side)
+    assert "m-small" in line and "changed since it was listed" in line, line
+    full = stream_of([files["a-big"], files["m-small"]], True)
+    assert len(got) < len(full) and full.startswith(got)
 
 
 # ------------------------------------------------------------------------------------------

@@ -324,6 +324,9 @@ class S3Stream:
         data, self._rest = self._rest[:n], self._rest[n:]
         return data
 
+    def ready(self) -> bool:
+        return bool(self._rest) or self._part is None or not self._part.empty()
+
     def reopen(self) -> S3Stream:
         return S3Stream(self.ref, _ReadAhead(self._ahead.transport, [self.ref]), 0)
 
@@ -376,6 +379,9 @@ class _Part:
     def finish(self, error: BaseException | None = None) -> None:
         """The end of the part, or the error that ended it."""
         self._q.put(error)
+
+    def empty(self) -> bool:
+        return self._q.empty()
 
     def get(self) -> bytes:
         """The next bytes, b"" at the end of the part; a failed download raises here."""
