@@ -46,6 +46,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 COMMANDS = {  # name -> what it does, for the top-level --help (each has its own --help)
+    "run": "run one local training job: serve the channels, run the algorithm (a command or an image)",
     "validate": "check a channel file and print the plan the sidecar would serve",
     "from-job": "turn `aws sagemaker describe-training-job` JSON into a channel file",
     "status": "show a running sidecar's progress; exit 0 once it is ready (a health check)",

@@ -32,9 +32,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from sagemaker_pipe.channel import EpochStats  # noqa: E402
+from sagemaker_pipe.cli import SUBCOMMANDS  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
-COMMANDS = ["validate", "from-job", "status", "compose"]
+COMMANDS = ["run", "validate", "from-job", "status", "compose"]
 
 
 def run(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -60,6 +61,7 @@ def test_help_leads_with_the_sidecar_form_and_lists_the_commands():
     section = lines.index("commands:")
     listed = [line.split()[0] for line in lines[section + 1: section + 1 + len(COMMANDS)]]
     assert listed == COMMANDS, done.stdout
+    assert sorted(COMMANDS) == sorted(SUBCOMMANDS), "a command of the CLI is missing from --help (or from here)"
     for name in COMMANDS:
         sub = run(name, "--help")
         assert sub.returncode == 0 and sub.stdout.startswith(f"usage: sagemaker-pipe {name}"), sub.stdout

@@ -26,7 +26,7 @@ import struct
 import sys
 import time
 
-ML_ROOT = os.environ.get("ML_ROOT", "/opt/ml")
+ML_ROOT = os.environ.get("ML_ROOT") or os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml")  # the latter: under `run`
 EPOCHS = int(os.environ.get("EPOCHS", "3"))
 WAIT_S = float(os.environ.get("WAIT_S", "60"))
 SHOW_RECORDS = os.environ.get("SHOW_RECORDS", "") not in ("", "0")
