@@ -63,11 +63,7 @@ class Engine:
         return cls(proc, status_file, label)
 
     def _status(self) -> dict:
-        try:
-            doc = json.loads(self.status_file.read_text())
-        except (OSError, ValueError):
-            return {}
-        return doc if isinstance(doc, dict) else {}
+        return read_status(self.status_file)
 
     def wait_ready(self, timeout: float) -> None:
         """Return once config files and first FIFOs exist; raise the engine's own error if it exits first."""
@@ -152,6 +148,20 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
             proc.send_signal(sig)
 
 
+def read_status(path: Path) -> dict:
+    """A sidecar's status file as a dict; {} while it is missing, half-made or not an object."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def first_failure(engines: Sequence[Engine]) -> str | None:
+    """The first engine's one-line stream failure, or None; never blocks."""
+    return next((f for f in (e.failure() for e in engines) if f is not None), None)
+
+
 def watch(engines: Sequence[Engine], algorithm: subprocess.Popen[bytes], *, grace: float = GRACE_S,
           stop_requested: Callable[[], bool] = lambda: False) -> tuple[int, str | None]:
     """Wait for the algorithm (started in a session of its own); stop it when a stream fails or
@@ -161,7 +171,7 @@ def watch(engines: Sequence[Engine], algorithm: subprocess.Popen[bytes], *, grac
     """
     failure: str | None = None
     while algorithm.poll() is None:
-        failure = next((f for f in (e.failure() for e in engines) if f is not None), None)
+        failure = first_failure(engines)
         if failure is not None or stop_requested():
             stop_process(algorithm, grace)
             break
@@ -169,6 +179,6 @@ def watch(engines: Sequence[Engine], algorithm: subprocess.Popen[bytes], *, grac
     else:
         _signal_group(algorithm, signal.SIGKILL)  # the algorithm has exited: nothing of it outlives it
     if failure is None:  # a stream may have failed as the algorithm ended
-        failure = next((f for f in (e.failure() for e in engines) if f is not None), None)
+        failure = first_failure(engines)
     status = algorithm.returncode
     return (128 - status if status < 0 else status), failure

@@ -32,7 +32,7 @@ import yaml
 from sagemaker_pipe.errors import PipeError
 from sagemaker_pipe.layout import CONTAINER_CONFIG, CONTAINER_STATUS_FILE, DEFAULT_ML_ROOT, Layout, make_dirs
 from sagemaker_pipe.sdk.channels import ChannelSplit
-from sagemaker_pipe.supervise import Engine
+from sagemaker_pipe.supervise import Engine, first_failure, read_status
 
 log = logging.getLogger("sagemaker_pipe.sdk")
 READY_TIMEOUT_S = 600.0  # File-mode copies and the first FIFOs, per engine
@@ -132,17 +132,12 @@ class PipeJob:
                 return
 
     def _failure(self) -> str | None:
-        for engine in self.engines.values():
-            if (error := engine.failure()) is not None:
-                return error
-        for host in self.hosts if self.sidecar_image else ():
-            try:
-                status = json.loads((self.status_dir(host) / SIDECAR_STATUS.name).read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(status, dict) and status.get("state") == "failed":
+        error = first_failure(list(self.engines.values()))
+        for host in self.hosts if self.sidecar_image and error is None else ():
+            status = read_status(self.status_dir(host) / SIDECAR_STATUS.name)
+            if status.get("state") == "failed":
                 return str(status.get("error") or "a data stream failed")
-        return None
+        return error
 
     def _kill_algorithms(self) -> None:
         self._run_compose("kill", *self.hosts)
