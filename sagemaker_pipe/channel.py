@@ -197,7 +197,7 @@ class ChannelWorker:
                 run = []
             for part in unit.parts:
                 if isinstance(part, bytes):
-                    yield (transforms.record(part, "an augmented manifest attribute") if c.recordio else part), done
+                    yield (transforms.record(part, transforms.ATTRIBUTE) if c.recordio else part), done
                     continue
                 stream = next(streams)
                 try:

@@ -159,6 +159,7 @@ class Monitor:
         self.started = time.time()
         self.is_ready = False
         self.error: str | None = None  # a stream failed: the one-line error
+        self.pid_ns = pid_namespace()  # fixed for the life of the process
         self.ready_at = time.monotonic()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -234,7 +235,7 @@ class Monitor:
             "ready": self.is_ready and self.error is None,
             "state": "failed" if self.error is not None else "ready" if self.is_ready else "starting",
             "pid": os.getpid(),
-            "pid_ns": pid_namespace(),  # `status` checks the pid only from the same namespace
+            "pid_ns": self.pid_ns,  # `status` checks the pid only from the same namespace
             "channels": list(self.channels),
             "started": round(self.started, 3),
             "updated": round(time.time(), 3),

@@ -89,7 +89,6 @@ class Sidecar:
                  exit_when_idle: float | None = None, hold_on_failure: bool = False,
                  failure_hold: float = FAILURE_HOLD_S) -> None:
         self.job = job  # None in the original tool's form, which writes no config files
-        self.file_channels = [p.channel for p in plans if is_file_mode(p)]
         self.files = file_copies(plans, layout)  # File/FastFile channels; their keys are checked here
         self.plans = [p for p in plans if not is_file_mode(p)]  # the Pipe channels
         self.layout = layout
@@ -195,7 +194,7 @@ class Sidecar:
     def _ready_line(self) -> str:
         """Where the algorithm finds its data, in one line: each Pipe channel's first FIFO, each File folder."""
         places = [f"{p.channel.name} {self.layout.fifo(p.channel.name, 0)}" for p in self.plans]
-        places += [f"{c.name} ({c.input_mode}) {self.layout.folder(c.name)}/" for c in self.file_channels]
+        places += [f"{f.name} ({f.plan.channel.input_mode}) {f.folder}/" for f in self.files]
         return "ready: " + ", ".join(places)
 
     def _prepare_data_dir(self) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from sagemaker_pipe.chunks import BATCH, PROMPT_S
 from sagemaker_pipe.sources import ObjectRef
 from sagemaker_pipe.sources.local import SMALL, is_small, read_small
-from sagemaker_pipe.transforms import MAX_RECORD, RECORDIO_MAGIC, recordio_header
+from sagemaker_pipe.transforms import ATTRIBUTE, MAX_RECORD, RECORDIO_MAGIC, recordio_header
 
 if TYPE_CHECKING:  # not imported at run time: reader processes (readers.py) start without config and YAML
     from sagemaker_pipe.plan import Unit
@@ -86,7 +86,7 @@ def batches(units: Sequence[Pieces], recordio: bool, name: str,
             n = len(data)
             if recordio:
                 batch += pack(RECORDIO_MAGIC, n) if n <= MAX_RECORD else recordio_header(
-                    n, "an augmented manifest attribute" if piece is data else uri)
+                    n, ATTRIBUTE if piece is data else uri)
                 batch += data
                 batch += _PADS[n & 3]
             else:

@@ -45,6 +45,7 @@ GZIP_HOLD = 64 << 20  # gunzipped RecordIO payloads up to this are held once; lo
 _PAD = b"\0\0\0"
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_SETTING = "CompressionType: Gzip"  # named in every gunzip error: the setting that asked for it
+ATTRIBUTE = "an augmented manifest attribute"  # how a RecordIO error names a piece that is no object
 
 
 def recordio_header(length: int, name: str) -> bytes:
