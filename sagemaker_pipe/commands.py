@@ -73,12 +73,13 @@ def validate(argv: list[str]) -> int:
 
 def describe_job(job: Job, layout: Layout, plans: list[ChannelPlan] | None) -> dict[str, Any]:
     by_name = {p.channel.name: p for p in plans or []}
+    receivers = {c.name: frozenset(job.receivers(c)) for c in job.channels}  # once: clusters may be large
     return {
         "hosts": list(job.hosts),
         "current_host": job.current_host,
-        "cluster": [{"host": h, "group": job.cluster.group_of(h).name,
-                     "instance_type": job.cluster.group_of(h).instance_type,
-                     "channels": [c.name for c in job.channels_of(h)]} for h in job.hosts],
+        "cluster": [{"host": h, "group": g.name, "instance_type": g.instance_type,
+                     "channels": [c.name for c in job.channels if h in receivers[c.name]]}
+                    for g in job.cluster.groups for h in g.hosts],
         "hyperparameters": job.hyperparameters,
         "sources_checked": plans is not None,
         "channels": [_describe_channel(c, layout, job, by_name.get(c.name)) for c in job.channels],
@@ -86,12 +87,13 @@ def describe_job(job: Job, layout: Layout, plans: list[ChannelPlan] | None) -> d
 
 
 def _describe_channel(c: Channel, layout: Layout, job: Job, plan: ChannelPlan | None) -> dict[str, Any]:
+    receivers = job.receivers(c)
     out: dict[str, Any] = {
         "name": c.name, "mode": c.input_mode, "data_type": c.data_type, "uri": c.uri,
         "distribution": c.distribution, "compression": c.compression, "record_wrapper": c.record_wrapper,
         "content_type": c.content_type, "shuffle_seed": c.shuffle_seed,
-        "instance_groups": list(c.instance_groups), "receivers": list(job.receivers(c)),
-        "delivered": job.current_host in job.receivers(c),
+        "instance_groups": list(c.instance_groups), "receivers": list(receivers),
+        "delivered": job.current_host in receivers,
     }
     if c.attribute_names:
         out["attribute_names"] = list(c.attribute_names)
@@ -106,7 +108,7 @@ def _describe_channel(c: Channel, layout: Layout, job: Job, plan: ChannelPlan | 
                    host_units=len(plan.epoch(0)), host_objects=len(share),
                    host_bytes=sum(r.size or 0 for r in share))
     notes = mode_notes(plan or ChannelPlan(c, ()))
-    if c.distribution == "ShardedByS3Key" and len(job.receivers(c)) == 1:
+    if c.distribution == "ShardedByS3Key" and len(receivers) == 1:
         notes.append("ShardedByS3Key with one host: the host gets every unit")
     out["notes"] = notes
     return out

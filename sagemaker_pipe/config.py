@@ -6,6 +6,7 @@ channel and the field, using SageMaker's own field names.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -106,12 +107,16 @@ class Cluster:
     current_host: str = "algo-1"
     heterogeneous: bool = False  # the groups came from ResourceConfig.InstanceGroups
 
-    @property
+    @functools.cached_property
     def hosts(self) -> tuple[str, ...]:
         return tuple(h for g in self.groups for h in g.hosts)
 
+    @functools.cached_property
+    def _groups_by_host(self) -> dict[str, InstanceGroup]:
+        return {h: g for g in self.groups for h in g.hosts}
+
     def group_of(self, host: str) -> InstanceGroup:
-        return next(g for g in self.groups if host in g.hosts)
+        return self._groups_by_host[host]
 
     @property
     def group(self) -> InstanceGroup:
@@ -139,7 +144,7 @@ class Job:
         """The hosts a channel is delivered to: its InstanceGroupNames' hosts, or every host."""
         if not channel.instance_groups:
             return self.hosts
-        return tuple(h for h in self.hosts if self.cluster.group_of(h).name in channel.instance_groups)
+        return tuple(h for g in self.cluster.groups if g.name in channel.instance_groups for h in g.hosts)
 
     def channels_of(self, host: str) -> tuple[Channel, ...]:
         return tuple(c for c in self.channels if host in self.receivers(c))
