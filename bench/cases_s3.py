@@ -34,7 +34,11 @@ from common import (
     cats_concurrently,
     channel,
     check_bytes,
+    cpu_of,
+    cpu_text,
     median,
+    per_1000,
+    per_gb,
     ratio_row,
     repeat_cpu,
     where_time_went,
@@ -138,14 +142,6 @@ def case_s3(s: Settings, res: Results, s3: S3Env) -> None:
     case_s3_large(s, res, s3)
 
 
-def per_1000(cpu: list[float], count: int) -> float:
-    return median(cpu) / count * 1000
-
-
-def cpu_text(ours: float, base: float, unit: str) -> str:
-    return f"{ours:.2f} / {base:.2f} s per {unit}"
-
-
 def case_s3_small(s: Settings, res: Results, s3: S3Env, count: int, size: int, baselines: bool) -> None:
     """Target 4a: 1,000 objects of 64 KiB: >= 4x the original's sequential download_fileobj loop.
     Issue 17: >= 1.0x awscrt's S3 client, at <= 1.5x its CPU per object (also 10,000 x 4 KiB)."""
@@ -225,7 +221,7 @@ def case_s3_large(s: Settings, res: Results, s3: S3Env) -> None:
     faults = {k: minor_faults(r.read_text()) / (epochs * size / MIB) for k, r in reports.items()} if timed else {}
     res.sample("s3-large", {"bytes": size, "seconds": t, "cpu_seconds": cpu})
     rate = {k: size / median(v) / 1e6 for k, v in t.items()}
-    per = {k: median(v) / (size / 1e9) for k, v in cpu.items()}
+    per = {k: per_gb(v, size) for k, v in cpu.items()}
     best = max(("single", "transfer"), key=lambda k: rate[k])
     other = "transfer" if best == "single" else "single"
     name = {"single": "single GET", "transfer": "s3transfer"}
@@ -279,16 +275,21 @@ def case_memory(s: Settings, res: Results, s3: S3Env) -> None:
     report = s.work / "time-v.txt"
     chans = [channel("s3", f"s3://{BUCKET}/mem/"), channel("local", str(folder))]
     epochs = 1 if s.quick else 2
-    seconds = []
+    seconds, cpu = [], []
     with Sidecar(s, "memory", chans, epochs, env=s3.env, wrap=["/usr/bin/time", "-v", "-o", str(report)]) as side:
+        assert side.proc is not None  # /usr/bin/time: the sidecar is its child, in its tree
         for n in range(epochs):
-            seconds.append(cats_concurrently([side.fifo("s3", n), side.fifo("local", n)]))
+            fifos = [side.fifo("s3", n), side.fifo("local", n)]
+            t, c = cpu_of(side.proc.pid, functools.partial(cats_concurrently, fifos))
+            seconds.append(t)
+            cpu.append(c)
         lines = side.finish()
     check_bytes(lines, "s3", size)
     check_bytes(lines, "local", size)
     rss = peak_rss_kib(report.read_text()) / 1024
-    res.sample("memory", {"bytes_per_channel": size, "seconds": seconds, "peak_rss_mib": rss,
+    res.sample("memory", {"bytes_per_channel": size, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mib": rss,
                           "upload_s": uploaded})
     mbps = 2 * size / median(seconds) / 1e6
     res.add(Row("memory", f"2 channels x {size / GIB:g} GiB (S3 + local), {epochs} epoch(s)", rss, "MiB",
-                "", None, "< 150 MiB", rss < 150, f"both channels together {mbps:.0f} MB/s"))
+                "", None, "< 150 MiB", rss < 150, f"both channels together {mbps:.0f} MB/s",
+                cpu=cpu_text(per_gb(cpu, 2 * size), None, "GB")))

@@ -202,8 +202,37 @@ def cpu_of(pid: int, read: Callable[[], float]) -> tuple[float, float]:
     """(seconds, CPU seconds) of a read timed by `read` (a timed_children reader, e.g. `cat`) from a
     long-lived process `pid`: that process's tree and the reader together."""
     before = tree_cpu(pid)
+    seconds, reader = reader_cpu(read)
+    return seconds, tree_cpu(pid) - before + reader
+
+
+def reader_cpu(read: Callable[[], float]) -> tuple[float, float]:
+    """(seconds, CPU seconds) of a timed_children read (`cat FILES`): the commands' own rusage."""
     seconds = read()
-    return seconds, tree_cpu(pid) - before + Procs.last_cpu
+    return seconds, Procs.last_cpu
+
+
+def in_process_cpu(run: Callable[[], float]) -> tuple[float, float]:
+    """(seconds, CPU seconds) of a loop timed in this process, which does nothing else meanwhile:
+    its user + system time (all threads) over the loop."""
+    before = time.process_time()
+    seconds = run()
+    return seconds, time.process_time() - before
+
+
+def per_1000(cpu: Sequence[float], count: int) -> float:
+    """Median CPU seconds per 1,000 files or objects."""
+    return median(cpu) / count * 1000
+
+
+def per_gb(cpu: Sequence[float], nbytes: int) -> float:
+    """Median CPU seconds per GB (10^9 bytes, as the GB/s and MB/s figures)."""
+    return median(cpu) / (nbytes / 1e9)
+
+
+def cpu_text(ours: float, base: float | None, unit: str) -> str:
+    """The table's CPU column: ours beside the baseline's, or ours alone in a row without a baseline."""
+    return f"{fmt(ours)}{'' if base is None else f' / {fmt(base)}'} s per {unit}"
 
 
 def cat_seconds(paths: Sequence[str | Path], timeout: float = READ_TIMEOUT) -> float:
