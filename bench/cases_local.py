@@ -11,6 +11,7 @@ import time
 import zlib
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,15 @@ from common import (
     cat_seconds,
     channel,
     check_bytes,
+    cpu_text,
+    in_process_cpu,
     median,
     package_env,
+    per_1000,
+    per_gb,
     ratio_row,
-    repeat,
+    reader_cpu,
+    repeat_cpu,
     where_time_went,
 )
 
@@ -54,19 +60,23 @@ def case_local(s: Settings, res: Results) -> None:
     epochs = s.warmup + s.reps
     with Sidecar(s, "local", [channel("train", str(folder))], epochs) as side, \
             OriginalTool(s, "local", str(folder), epochs) as orig:
-        t = repeat(s, {
-            "cat": lambda i: cat_seconds(paths),
-            "ours": lambda i: side.read_epoch("train", i),
-            "orig": lambda i: orig.read_epoch(i),
+        t, cpu = repeat_cpu(s, {
+            "cat": lambda i: reader_cpu(lambda: cat_seconds(paths)),
+            "ours": functools.partial(side.read_epoch_cpu, "train"),
+            "orig": orig.read_epoch_cpu,
         })
         lines = side.finish()
     check_bytes(lines, "train", nbytes)
-    res.sample("local", {"bytes": nbytes, "files": len(paths), "seconds": t})
+    res.sample("local", {"bytes": nbytes, "files": len(paths), "seconds": t, "cpu_seconds": cpu})
     rate = {k: nbytes / median(v) / 1e9 for k, v in t.items()}
+    per = {k: per_gb(v, nbytes) for k, v in cpu.items()}
     what = f"{len(paths)} files, {nbytes / GIB:.2f} GiB"
-    res.add(ratio_row("local", f"{what}: FIFO -> cat", "GB/s", rate["ours"], "cat FILES", rate["cat"], 0.8,
-                      where_time_went(lines, "train", s.warmup)))
-    res.add(ratio_row("local", f"{what}: vs original tool", "GB/s", rate["ours"], "copyfileobj", rate["orig"], 3.0))
+    res.add(replace(ratio_row("local", f"{what}: FIFO -> cat", "GB/s", rate["ours"], "cat FILES", rate["cat"], 0.8,
+                              where_time_went(lines, "train", s.warmup)),
+                    cpu=cpu_text(per["ours"], per["cat"], "GB")))
+    res.add(replace(ratio_row("local", f"{what}: vs original tool", "GB/s", rate["ours"], "copyfileobj",
+                              rate["orig"], 3.0),
+                    cpu=cpu_text(per["ours"], per["orig"], "GB")))
 
 
 def read_loop_seconds(paths: list[Path]) -> float:
@@ -95,44 +105,50 @@ def case_small(s: Settings, res: Results) -> None:
     paths = data.write_small_files(folder, count, 4096)
     made = time.perf_counter() - t0
     epochs = s.warmup + s.reps
-    base: dict[str, list[float]] = {}
+    unit = "1,000 files"
     for recordio in (False, True):
         kind = "RecordIO" if recordio else "plain"
         with ExitStack() as stack:
             side = stack.enter_context(
                 Sidecar(s, f"small-{kind}", [channel("train", str(folder), recordio=recordio)], epochs))
-            fns: dict[str, Callable[[int], float]] = {"ours": functools.partial(side.read_epoch, "train")}
+            fns: dict[str, Callable[[int], tuple[float, float]]] = {
+                "ours": functools.partial(side.read_epoch_cpu, "train")}
             inproc = stack.enter_context(  # with reader processes undone, to show what they buy
                 Sidecar(s, f"small-{kind}-inproc", [channel("train", str(folder), recordio=recordio)], epochs,
                         env={"SAGEMAKER_PIPE_READERS": "0"}))
-            fns["inproc"] = functools.partial(inproc.read_epoch, "train")
+            fns["inproc"] = functools.partial(inproc.read_epoch_cpu, "train")
             if not recordio:  # the baselines know nothing of RecordIO: run them beside the plain variant
                 orig = stack.enter_context(OriginalTool(s, "local", str(folder), epochs, name="small"))
-                fns["cat"] = lambda i: cat_many_seconds(paths)
-                fns["orig"] = orig.read_epoch
-                fns["floor"] = lambda i: read_loop_seconds(paths)
-            t = repeat(s, fns)
+                fns["cat"] = lambda i: reader_cpu(lambda: cat_many_seconds(paths))
+                fns["orig"] = orig.read_epoch_cpu
+                fns["floor"] = lambda i: in_process_cpu(lambda: read_loop_seconds(paths))
+            t, cpu = repeat_cpu(s, fns)
             lines = side.finish()
         check_bytes(lines, "train", count * (4096 + (8 if recordio else 0)))
-        base.update({k: v for k, v in t.items() if k not in ("ours", "inproc")})
-        res.sample(f"small-{kind}", {"files": count, "seconds": t, "startup_s": side.startup_s})
-        ours = count / median(t["ours"])
+        res.sample(f"small-{kind}", {"files": count, "seconds": t, "cpu_seconds": cpu, "startup_s": side.startup_s})
+        rate = {k: count / median(v) for k, v in t.items()}
+        per = {k: per_1000(v, count) for k, v in cpu.items()}
+        ours = rate["ours"]
         note = where_time_went(lines, "train", s.warmup)
         if recordio:
-            res.add(absolute_row("small", f"{count:,} x 4 KiB, RecordIO", "files/s", ours, 150_000, note=note))
+            res.add(replace(absolute_row("small", f"{count:,} x 4 KiB, RecordIO", "files/s", ours, 150_000,
+                                         note=note),
+                            cpu=cpu_text(per["ours"], None, unit)))
         else:
-            res.add(absolute_row("small", f"{count:,} x 4 KiB, plain", "files/s", ours, 150_000,
-                                 "cat (xargs)", count / median(base["cat"]), note))
+            res.add(replace(absolute_row("small", f"{count:,} x 4 KiB, plain", "files/s", ours, 150_000,
+                                         "cat (xargs)", rate["cat"], note),
+                            cpu=cpu_text(per["ours"], per["cat"], unit)))
             res.add(Row("small", f"{count:,} x 4 KiB, plain: vs original tool", ours, "files/s",
-                        f"copyfileobj {count / median(base['orig']):,.0f}", ours / (count / median(base["orig"]))))
-            floor = count / median(base["floor"])
+                        f"copyfileobj {rate['orig']:,.0f}", ours / rate["orig"],
+                        cpu=cpu_text(per["ours"], per["orig"], unit)))
             res.add(Row("small", "  vs bare Python open/read/close loop (no FIFO)", ours, "files/s",
-                        f"loop {floor:,.0f}", ours / floor,
-                        note="one process; reader processes share the files out among the cores"))
-        inproc_rate = count / median(t["inproc"])
+                        f"loop {rate['floor']:,.0f}", ours / rate["floor"],
+                        note="one process; reader processes share the files out among the cores",
+                        cpu=cpu_text(per["ours"], per["floor"], unit)))
         res.add(Row("small", f"  {kind}, read in the channel's own process (SAGEMAKER_PIPE_READERS=0)",
-                    inproc_rate, "files/s", f"readers {ours:,.0f}", inproc_rate / ours,
-                    note="what reader processes buy: one helper thread instead, as before them"))
+                    rate["inproc"], "files/s", f"readers {ours:,.0f}", rate["inproc"] / ours,
+                    note="what reader processes buy: one helper thread instead, as before them",
+                    cpu=cpu_text(per["inproc"], per["ours"], unit)))
         res.add(Row("small", f"start-up: list {count:,} files, first FIFO ({kind})", side.startup_s, "s",
                     note=f"data made in {made:.1f} s"))
 
@@ -197,8 +213,9 @@ def inflate_only(name: str, fn: Callable[[list[Path]], int], paths: list[Path], 
     return seconds
 
 
-def _inflate_rep(name: str, fn: Callable[[list[Path]], int], paths: list[Path], expected: int, rep: int) -> float:
-    return inflate_only(name, fn, paths, expected)
+def _inflate_rep(name: str, fn: Callable[[list[Path]], int], paths: list[Path], expected: int,
+                 rep: int) -> tuple[float, float]:
+    return in_process_cpu(lambda: inflate_only(name, fn, paths, expected))
 
 
 def case_gzip(s: Settings, res: Results) -> None:
@@ -217,34 +234,37 @@ def case_gzip(s: Settings, res: Results) -> None:
         # the same sidecar with its fast inflater turned off: what a machine without isal gets
         slow = stack.enter_context(Sidecar(s, "gzip-zlib", chans, epochs, env=dict(os.environ, **ZLIB_ONLY)))
         orig = stack.enter_context(OriginalTool(s, "gzip", str(s.work / "gzip"), epochs, name="gzip"))
-        fns: dict[str, Callable[[int], float]] = {
-            "ours": lambda i: side.read_epoch("train", i),
-            "zlib": lambda i: slow.read_epoch("train", i),
-            "stdlib": orig.read_epoch,
+        fns: dict[str, Callable[[int], tuple[float, float]]] = {
+            "ours": functools.partial(side.read_epoch_cpu, "train"),
+            "zlib": functools.partial(slow.read_epoch_cpu, "train"),
+            "stdlib": orig.read_epoch_cpu,
         }
         for name, fn in inflaters().items():
             fns[name] = functools.partial(_inflate_rep, name, fn, paths, inflated)
-        t = repeat(s, fns)
+        t, cpu = repeat_cpu(s, fns)
         lines = side.finish()
         zlib_lines = slow.finish()
     check_bytes(lines, "train", inflated)
     check_bytes(zlib_lines, "train", inflated)
-    res.sample("gzip", {"inflated": inflated, "packed": packed, "seconds": t})
+    res.sample("gzip", {"inflated": inflated, "packed": packed, "seconds": t, "cpu_seconds": cpu})
     rate = {k: inflated / median(v) / 1e6 for k, v in t.items()}
+    per = {k: per_gb(v, inflated) for k, v in cpu.items()}  # per GB inflated, as the MB/s
     what = f"{inflated / MIB:.0f} MiB inflated ({inflated / packed:.1f}:1)"
-    res.add(ratio_row("gzip", f"{what}: FIFO -> cat", "MB/s", rate["ours"], "gzip module -> FIFO", rate["stdlib"],
-                      2.5, where_time_went(lines, "train", s.warmup)))
+    res.add(replace(ratio_row("gzip", f"{what}: FIFO -> cat", "MB/s", rate["ours"], "gzip module -> FIFO",
+                              rate["stdlib"], 2.5, where_time_went(lines, "train", s.warmup)),
+                    cpu=cpu_text(per["ours"], per["stdlib"], "GB")))
     res.add(Row("gzip", f"  same, {ZLIB_NAME}=zlib (the fallback)", rate["zlib"], "MB/s",
                 f"gzip module -> FIFO {rate['stdlib']:.1f}", rate["zlib"] / rate["stdlib"],
-                note=where_time_went(zlib_lines, "train", s.warmup)))
+                note=where_time_went(zlib_lines, "train", s.warmup), cpu=cpu_text(per["zlib"], per["stdlib"], "GB")))
     for name in inflaters():
         if name != "gzip module":
             res.add(Row("gzip", f"inflate only, in-process: {name}", rate[name], "MB/s",
-                        f"gzip module {rate['gzip module']:.1f}", rate[name] / rate["gzip module"]))
+                        f"gzip module {rate['gzip module']:.1f}", rate[name] / rate["gzip module"],
+                        cpu=cpu_text(per[name], per["gzip module"], "GB")))
     if "isal_zlib.decompressobj" in rate:
-        res.add(Row("gzip", "inflate only: isal_zlib vs zlib", rate["isal_zlib.decompressobj"], "MB/s",
-                    f"zlib {rate['zlib.decompressobj']:.1f}",
-                    rate["isal_zlib.decompressobj"] / rate["zlib.decompressobj"]))
+        isal, zl = "isal_zlib.decompressobj", "zlib.decompressobj"
+        res.add(Row("gzip", "inflate only: isal_zlib vs zlib", rate[isal], "MB/s", f"zlib {rate[zl]:.1f}",
+                    rate[isal] / rate[zl], cpu=cpu_text(per[isal], per[zl], "GB")))
     else:
         res.skipped.append("gzip: isal is not installed, so the isal_zlib figure is missing (pip install isal)")
 
