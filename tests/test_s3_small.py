@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_nothing_written, error_line
+from conftest import assert_nothing_written, error_line, pattern
 from s3_helpers import MIB, JobRunner, ModuleBuckets, blob, data_error_line, prefix_keys, s3_channel, s3_env, stream_of
 
 pytestmark = pytest.mark.timeout(120)
@@ -213,6 +213,34 @@ def test_a_broken_small_body_is_fetched_again(request, buckets, s3_jobs, fault_p
     assert again.range in (None, "bytes=0-") and again.status == 200, (again.range, again.status)
     assert again.headers.get("if-match") == gets[0].headers.get("if-match") is not None
     assert f"{key}: body broke" in job.proc.stderr
+
+
+def test_connections_the_server_closed_while_idle_are_never_sent_on(seaweed_s3, buckets, s3_jobs, fault_proxy, consumer,
+                                                                    tmp_path):
+    """Servers close kept-alive connections that stay idle (S3 after some seconds). Between two
+    epochs every one of them is closed here: the next epoch opens new ones, exact, with no GET
+    lost to a dead connection (none broke, none went to the plain path). SeaweedFS only: moto
+    answers HTTP/1.0 and closes every connection itself."""
+    server = seaweed_s3
+    bucket, objects = buckets["seaweedfs"].get(server)
+    proxy = fault_proxy(server)
+    proxy.idle_timeout = 0.3
+    job = s3_jobs.start(server, [s3_channel("t", f"s3://{bucket}/small/many/")], epochs=2, read=[],
+                        endpoint_url=proxy.endpoint_url)
+    reads = []
+    for epoch in (0, 1):
+        out = tmp_path / f"epoch{epoch}"
+        (result,) = consumer(pattern(job.ml_root, "t"), epochs=1, start=epoch, out=out).results(30)
+        reads.append((out / f"epoch_{epoch}.bin").read_bytes())
+        if epoch == 0:
+            opened = proxy.connections
+            time.sleep(1.0)  # every connection idle for over idle_timeout: the proxy closed them all
+    assert job.proc.wait(30) == 0, job.proc.stderr
+    assert reads == [many_stream(objects)] * 2
+    assert proxy.connections > opened
+    gets = object_gets(proxy, bucket)
+    assert len(gets) == 32 and all(by_loop(r) and r.status == 200 for r in gets), len(gets)
+    assert "body broke" not in job.proc.stderr
 
 
 def test_a_small_object_broken_every_time_stops_the_job_naming_it(moto_s3, buckets, s3_jobs, fault_proxy):

@@ -270,7 +270,7 @@ class _SmallPart:
         bucket, key = split_uri(self.part.ref.uri)
         self.sent = time.monotonic()
         try:
-            return self.small.start(bucket, key, _headers(self.part, 0), self.done)
+            return self.small.start(bucket, key, self.part.end, _headers(self.part, 0), self.done)
         except BotoCoreError:  # credentials that could not be refreshed: the plain path says so, naming the object
             return False
 

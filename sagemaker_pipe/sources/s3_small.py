@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
+import logging
 import selectors
 import socket
 import ssl
@@ -37,6 +38,7 @@ from botocore.utils import get_environ_proxies
 
 from sagemaker_pipe.sources.s3_get import AGENT, SignedGet, Target
 
+log = logging.getLogger("sagemaker_pipe")
 # (status or None, the body of a 200/206 or None, why it failed or None)
 OnDone = Callable[[int | None, bytes | None, str | None], None]
 CONNECTIONS = 64  # sockets open at most; each carries one request at a time
@@ -44,13 +46,21 @@ UNSIGNED = "UNSIGNED-PAYLOAD"
 MARK = "small-objects"  # in the User-Agent after ours: which path sent a GET
 
 
+def _report(job: _Job, status: int | None, body: bytes | None, error: str | None) -> None:
+    """The job's answer to its owner; a fault there must not stop the loop."""
+    try:
+        job.on_done(status, body, error)
+    except Exception as e:
+        log.exception("s3-small: %s", e)
+
+
 class _Job:
     """One signed GET waiting for, or riding on, a connection to `where` (host, port, TLS)."""
 
-    __slots__ = ("where", "request", "on_done", "retried")
+    __slots__ = ("where", "request", "limit", "on_done", "retried")
 
-    def __init__(self, where: tuple[str, int, bool], request: bytes, on_done: OnDone) -> None:
-        self.where, self.request, self.on_done = where, request, on_done
+    def __init__(self, where: tuple[str, int, bool], request: bytes, limit: int, on_done: OnDone) -> None:
+        self.where, self.request, self.limit, self.on_done = where, request, limit, on_done
         self.retried = False  # a reused connection that dies before answering gets it once more
 
 
@@ -139,16 +149,18 @@ class SmallGet:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
 
-    def start(self, bucket: str, key: str, headers: dict[str, str], on_done: OnDone) -> bool:
-        """Queue the signed GET and return True, or return False (nothing sent) when this bucket is
-        not for this path. Credentials that cannot be refreshed raise botocore's error here."""
+    def start(self, bucket: str, key: str, size: int, headers: dict[str, str], on_done: OnDone) -> bool:
+        """Queue the signed GET of an object of `size` bytes and return True, or return False (nothing
+        sent) when this bucket is not for this path. Credentials that cannot be refreshed raise
+        botocore's error here. A body longer than `size` is never read: it is reported as a 200
+        without a body."""
         target = self._signed.target(bucket)
         fit = None if target is None else self._fit(target)
         if target is None or fit is None:
             return False
         where, netloc, prefix = fit
         request = self._signer.request(netloc, prefix + quote(key, safe="/~"), headers, target)
-        self._queue.append(_Job(where, request, on_done))
+        self._queue.append(_Job(where, request, size, on_done))
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
@@ -181,6 +193,7 @@ class SmallGet:
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._idle: dict[tuple[str, int, bool], list[_Conn]] = {}
         self._busy: set[_Conn] = set()
+        self._addresses: dict[tuple[str, int, bool], tuple[float, tuple[Any, Any, int, Any]]] = {}
         self._count = 0  # connections open
         checked = time.monotonic()
         while True:
@@ -191,8 +204,12 @@ class SmallGet:
             for key, _ in events:
                 if key.data is None:
                     self._drain_wake()
-                else:
+                    continue
+                try:
                     self._step(key.data)
+                except Exception as e:  # a fault of this module's: that request fails, the loop goes on
+                    log.exception("s3-small: %s", e)
+                    self._fail(key.data, e)
             now = time.monotonic()
             if now - checked > 0.25:
                 checked = now
@@ -221,7 +238,7 @@ class SmallGet:
                     conn = self._open(job.where)
                 except OSError as e:
                     self._queue.popleft()
-                    job.on_done(None, None, f"connect: {e}")
+                    _report(job, None, None, f"connect: {e}")
                     continue
             self._queue.popleft()
             conn.job = job
@@ -242,8 +259,7 @@ class SmallGet:
         return False
 
     def _open(self, where: tuple[str, int, bool]) -> _Conn:
-        host, port, _ = where
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        family, kind, proto, address = self._address(where)
         sock = socket.socket(family, kind, proto)
         sock.setblocking(False)
         err = sock.connect_ex(address)
@@ -256,6 +272,14 @@ class SmallGet:
         self._sel.register(sock, conn.events, conn)
         self._count += 1
         return conn
+
+    def _address(self, where: tuple[str, int, bool]) -> tuple[Any, Any, int, Any]:
+        """The server's address, looked up at most once a minute (a lookup blocks this thread)."""
+        found = self._addresses.get(where)
+        if found is None or time.monotonic() - found[0] > 60:
+            family, kind, proto, _, address = socket.getaddrinfo(where[0], where[1], type=socket.SOCK_STREAM)[0]
+            found = self._addresses[where] = (time.monotonic(), (family, kind, proto, address))
+        return found[1]
 
     def _watch(self, conn: _Conn, events: int) -> None:
         if events != conn.events:
@@ -368,11 +392,14 @@ class SmallGet:
                 close = value.strip().lower() == "close"
         if length is None:
             raise ConnectionError("an answer without Content-Length")
+        if length > conn.job.limit:  # not the object listed: the plain path says how it changed
+            self._finish(conn, conn.status, None, keep=False)
+            return False
         conn.head, conn.length, conn.close_after = end + 4, length, close
         return True
 
     def _answered(self, conn: _Conn) -> None:
-        body = bytes(conn.buf[conn.head:conn.head + conn.length])
+        body = bytes(memoryview(conn.buf)[conn.head:conn.head + conn.length])
         over = len(conn.buf) - conn.head - conn.length
         self._finish(conn, conn.status, body, keep=not conn.close_after and over == 0)
 
@@ -386,7 +413,7 @@ class SmallGet:
         else:
             self._close(conn)
         assert job is not None
-        job.on_done(status, body, None)
+        _report(job, status, body, None)
 
     def _park(self, conn: _Conn) -> None:
         """Back to idle, watched for the server closing it meanwhile."""
@@ -419,7 +446,7 @@ class SmallGet:
             job.retried = True
             self._queue.appendleft(job)
             return
-        job.on_done(None, None, str(e) or type(e).__name__)
+        _report(job, None, None, str(e) or type(e).__name__)
 
     def _expire(self, now: float) -> None:
         """Give up on connections that made no progress within their timeout."""
