@@ -248,7 +248,10 @@ class S3Transport:
         redirect or throttling goes on to get_object, botocore's to retry or word."""
         sent = time.monotonic()
         if part.pipe_in >= 0 and self._splice is not None:
-            spliced = self._splice.get(bucket, key, headers)
+            try:
+                spliced = self._splice.get(bucket, key, headers)
+            except OSError:  # no answer at all: the plain path below, then botocore, retry and word it
+                spliced = None
             if spliced is not None and spliced.status in (200, 206):
                 self._answers.append(time.monotonic() - sent)
                 return spliced

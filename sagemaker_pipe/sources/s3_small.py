@@ -194,20 +194,23 @@ class SmallGet:
 
     def where(self, bucket: str) -> tuple[str, int, bool] | None:
         """(host, port, TLS) of a bucket fit for this path, else None; nothing is signed."""
-        target = self._signed.target(bucket)
-        fit = None if target is None else self._fit(target)
-        return None if fit is None else fit[0]
+        found = self._bucket(bucket)
+        return None if found is None else found[1][0]
 
     def prepare(self, bucket: str, key: str, headers: dict[str, str],
                 mark: str = MARK) -> tuple[tuple[str, int, bool], bytes] | None:
         """(host, port, TLS) and the signed request of a GET (`mark` in its User-Agent after ours),
         or None when the bucket is not for this path."""
+        found = self._bucket(bucket)
+        if found is None:
+            return None
+        target, (where, netloc, prefix) = found
+        return where, self._signer.request(netloc, prefix + quote(key, safe="/~"), headers, target, mark)
+
+    def _bucket(self, bucket: str) -> tuple[Target, tuple[tuple[str, int, bool], str, str]] | None:
         target = self._signed.target(bucket)
         fit = None if target is None else self._fit(target)
-        if target is None or fit is None:
-            return None
-        where, netloc, prefix = fit
-        return where, self._signer.request(netloc, prefix + quote(key, safe="/~"), headers, target, mark)
+        return None if target is None or fit is None else (target, fit)
 
     def _fit(self, target: Target) -> tuple[tuple[str, int, bool], str, str] | None:
         """(host, port, TLS), Host header and path prefix of a target fit for this path: SigV4 over
