@@ -321,6 +321,8 @@ class FaultProxy(LoopbackListener):
         self.timeout = timeout
         self.connections = 0
         """Client connections accepted so far: shows whether a client reuses kept-alive ones."""
+        self.idle_timeout: float | None = None
+        """When set, a client connection idle that long between requests is closed, as servers do."""
         self._rules: list[Rule] = []
         self._log: list[RequestRecord] = []
 
@@ -441,10 +443,15 @@ class FaultProxy(LoopbackListener):
         rfile = client.makefile("rb")
         reset = False
         try:
+            served = 0
             while not self._stopping.is_set():
+                if served and self.idle_timeout is not None:
+                    client.settimeout(self.idle_timeout)
                 request = _read_head(rfile)
                 if request is None:
                     break
+                client.settimeout(self.timeout)
+                served += 1
                 keep_alive, reset = self._exchange(request, rfile, client, upstream)
                 if not keep_alive:
                     break

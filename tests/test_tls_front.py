@@ -2,12 +2,12 @@
 
 boto3 reads through it from moto and SeaweedFS (which checks every signature) when given the CA
 bundle, and fails certificate verification without it. The sidecar streams an epoch through it
-with AWS_CA_BUNDLE, small objects (awscrt) and a larger one (the plain path) alike.
+with AWS_CA_BUNDLE, small objects (the small-object loop, s3_small.py) and a larger one (the
+plain path) alike.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import ssl
@@ -24,10 +24,10 @@ pytestmark = pytest.mark.timeout(120)
 
 OBJECTS = {
     **{f"data/{i:02d}.bin": blob(900 + i, 3000 * (i + 1)) for i in range(12)},
-    "data/zz-large.bin": blob(950, 2 * MIB + 17),  # over awscrt's 1 MiB: the sidecar's plain path
+    "data/zz-large.bin": blob(950, 2 * MIB + 17),  # over the small-object loop's 1 MiB: the plain path
 }
-CRT_MARK = "CRTS3NativeClient"
-"""In the User-Agent of the sidecar's awscrt GETs (see test_s3_crt.py)."""
+SMALL_MARK = "small-objects"
+"""In the User-Agent of the GETs of the sidecar's small-object loop (s3_small.py, test_s3_small.py)."""
 NO_RETRY = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=5, read_timeout=10)
 
 
@@ -118,8 +118,8 @@ def test_stop_is_quick_with_open_connections_and_cleans_up(moto_s3, tls_front):
 def test_the_sidecar_streams_an_epoch_over_https_with_aws_ca_bundle(moto_s3, seeded_bucket, fault_proxy, tls_front,
                                                                    s3_jobs):
     """AWS_CA_BUNDLE reaches both of the sidecar's TLS stacks: two epochs arrive byte-exact, and
-    the FaultProxy behind the front shows every small object was one awscrt GET answered 200 (a
-    failed one would be repeated through botocore) and the larger one came through botocore."""
+    the FaultProxy behind the front shows every small object was one GET of the small-object loop
+    answered 200 (a failed one would be repeated through botocore), the larger one botocore's."""
     bucket = seeded_bucket(moto_s3, OBJECTS)
     proxy = fault_proxy(moto_s3)
     front = tls_front(proxy)
@@ -129,11 +129,10 @@ def test_the_sidecar_streams_an_epoch_over_https_with_aws_ca_bundle(moto_s3, see
     assert front.connections >= 1 and front.handshake_failures == 0
     gets = [r for r in proxy.requests("GET") if r.path.startswith(f"/{bucket}/")]
     assert gets and all(r.status in (200, 206) for r in gets), [(r.path, r.status) for r in gets]
-    if importlib.util.find_spec("awscrt") is not None:
-        by_crt = [r.path for r in gets if CRT_MARK in r.headers.get("user-agent", "")]
-        small = [f"/{bucket}/{k}" for k, v in OBJECTS.items() if len(v) <= MIB]
-        assert sorted(by_crt) == sorted(small * 2), by_crt
-        assert {r.path for r in gets if r.path not in small} == {f"/{bucket}/data/zz-large.bin"}
+    by_loop = [r.path for r in gets if SMALL_MARK in r.headers.get("user-agent", "")]
+    small = [f"/{bucket}/{k}" for k, v in OBJECTS.items() if len(v) <= MIB]
+    assert sorted(by_loop) == sorted(small * 2), by_loop
+    assert {r.path for r in gets if r.path not in small} == {f"/{bucket}/data/zz-large.bin"}
 
 
 def test_the_sidecar_without_the_ca_bundle_fails_with_one_line(moto_s3, seeded_bucket, tls_front, s3_jobs):

@@ -7,8 +7,8 @@ part waits for the reader past that). The part at the head streams as its bytes 
 the FIFO sees an object's first bytes long before the object is complete. A body that breaks
 mid-way is resumed with a Range GET from the exact byte reached. Every GET carries If-Match
 with the listed ETag, so all bytes come from the version listed, or the job stops naming the
-object. Whole objects up to CRT_MAX go through awscrt's S3 client when it is installed
-(s3_crt.py: a fraction of the CPU per object), the rest by plain signed GETs (s3_get.py);
+object. Whole objects up to SMALL_MAX go through one thread that keeps many keep-alive GETs
+in flight (s3_small.py: a tenth of the CPU per object), the rest by plain signed GETs (s3_get.py);
 anything but a 200 or 206 is repeated through get_object, so throttling and 5xx answers are
 botocore's to retry (standard mode) and its errors are what the job reports.
 """
@@ -33,7 +33,7 @@ from urllib3.exceptions import HTTPError
 
 from sagemaker_pipe.chunks import CHUNK, Chunk, ObjectRef
 from sagemaker_pipe.errors import ConfigError, DataError
-from sagemaker_pipe.sources import s3_crt
+from sagemaker_pipe.sources import s3_small
 from sagemaker_pipe.sources.s3_get import NOT_HERE, Body, SignedGet
 
 log = logging.getLogger("sagemaker_pipe")
@@ -55,15 +55,15 @@ RANGES = os.environ.get("SAGEMAKER_PIPE_S3_RANGES", "auto").lower()  # auto, alw
 NEAR_S = 0.005  # a server whose fastest GETs answer within this is near: one stream per object beats ranges
 READ_TIMEOUT = _env_number("SAGEMAKER_PIPE_S3_READ_TIMEOUT", 60)
 RESUMES = 5  # broken bodies resumed per part before the object is declared lost
-CRT = os.environ.get("SAGEMAKER_PIPE_S3_CRT", "auto").lower()  # auto (when awscrt is installed) or never
-# awscrt hands over a body only once it is complete: larger parts stream through s3_get.py as they arrive
-CRT_MAX = CHUNK
+SMALL = os.environ.get("SAGEMAKER_PIPE_S3_SMALL", "auto").lower()  # auto or never
+# s3_small.py hands over a body only once it is complete: larger parts stream through s3_get.py as they arrive
+SMALL_MAX = CHUNK
 
 
 if RANGES not in ("auto", "always", "never"):
     raise ConfigError(f"SAGEMAKER_PIPE_S3_RANGES must be auto, always or never (got {RANGES!r})")
-if CRT not in ("auto", "never"):
-    raise ConfigError(f"SAGEMAKER_PIPE_S3_CRT must be auto or never (got {CRT!r})")
+if SMALL not in ("auto", "never"):
+    raise ConfigError(f"SAGEMAKER_PIPE_S3_SMALL must be auto or never (got {SMALL!r})")
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -77,7 +77,7 @@ class S3Transport:
     def __init__(self) -> None:
         self._client: Any = None
         self._get: SignedGet | None = None
-        self._crt: s3_crt.CrtGet | None = None
+        self._small: s3_small.SmallGet | None = None
         self._lock = threading.Lock()
         self._pool = _Pool(THREADS)
         self._answers: deque[float] = deque(maxlen=64)  # seconds the last GETs took to answer
@@ -127,9 +127,9 @@ class S3Transport:
             core = botocore.session.get_session()
             self._get = SignedGet(core, config, (10, READ_TIMEOUT), THREADS + 4)
             credentials = core.get_credentials()
-            if CRT == "auto" and s3_crt.installed() and credentials is not None:
-                self._crt = s3_crt.CrtGet(self._get, credentials, core.get_config_variable("ca_bundle"),
-                                          READ_TIMEOUT, 10)
+            if SMALL == "auto" and credentials is not None:
+                self._small = s3_small.SmallGet(self._get, credentials, core.get_config_variable("ca_bundle"),
+                                                READ_TIMEOUT, 10)
             self._client = boto3.session.Session(botocore_session=core).client("s3", config=config)
 
     def list_objects(self, uri: str) -> list[ObjectRef]:
@@ -186,14 +186,14 @@ class S3Transport:
             ahead.cancel()
 
     def start(self, part: _Part) -> bool:
-        """Fetch a whole object of at most CRT_MAX bytes through awscrt, if installed and fit for its bucket.
+        """Fetch a whole object of at most SMALL_MAX bytes through s3_small.py, if fit for its bucket.
 
-        False when the part is not for awscrt: then nothing was sent.
+        False when the part is not for that path: then nothing was sent.
         """
         self._connect()
-        if self._crt is None or part.length > min(CRT_MAX, READ_AHEAD) or part.length != part.ref.size:
-            return False  # (its callbacks must never wait for room)
-        return _CrtPart(self, self._crt, part).start()
+        if self._small is None or part.length > min(SMALL_MAX, READ_AHEAD) or part.length != part.ref.size:
+            return False  # (its loop must never wait for room)
+        return _SmallPart(self, self._small, part).start()
 
     def fetch(self, part: _Part, pos: int | None = None, resumes: int = 0) -> None:
         """Fill one part (from byte `pos` on), resuming a broken body from the exact byte reached."""
@@ -253,47 +253,45 @@ def _headers(part: _Part, pos: int) -> dict[str, str]:
     return headers
 
 
-class _CrtPart:
-    """A whole small object fetched by awscrt, its bytes put into the part from the C client's threads.
+class _SmallPart:
+    """A whole small object fetched by s3_small.py, its body put into the part by the loop thread.
 
-    awscrt hands the body over once complete, so a body that breaks has passed nothing on, and
-    the object is fetched again, through the plain path: so are error answers (botocore's
-    retries and words; after a redirect, 400 or 403 the bucket is botocore's). A whole-object
-    GET carries the object's length: one that differs from the listed size stops the job.
+    The body is handed over once complete, so a body that breaks has passed nothing on, and the
+    object is fetched again, through the plain path: so are error answers (botocore's retries
+    and words; after a redirect, 400 or 403 the bucket is botocore's). A whole-object GET
+    carries the object's length: one that differs from the listed size stops the job.
     """
 
-    def __init__(self, transport: S3Transport, crt: s3_crt.CrtGet, part: _Part) -> None:
-        self.transport, self.crt, self.part = transport, crt, part
-        self.received = 0
+    def __init__(self, transport: S3Transport, small: s3_small.SmallGet, part: _Part) -> None:
+        self.transport, self.small, self.part = transport, small, part
         self.sent = 0.0
 
     def start(self) -> bool:
         bucket, key = split_uri(self.part.ref.uri)
         self.sent = time.monotonic()
         try:
-            return self.crt.start(bucket, key, _headers(self.part, 0), self.body, self.done)
+            return self.small.start(bucket, key, self.part.end, _headers(self.part, 0), self.done)
         except BotoCoreError:  # credentials that could not be refreshed: the plain path says so, naming the object
             return False
 
-    def body(self, data: bytes) -> None:
-        self.received += len(data)
-        if self.received <= self.part.end and not self.part.cancelled:
-            self.part.put(data)
-
-    def done(self, status: int | None, error: str | None) -> None:
+    def done(self, status: int | None, body: bytes | None, error: str | None) -> None:
         part = self.part
-        if error is None and status in (200, 206):
+        if body is not None:
             self.transport._answers.append(time.monotonic() - self.sent)  # a small body: about its answer
-            part.finish(_changed(part.ref, self.received) if self.received != part.end else None)
+            if len(body) != part.end:
+                part.finish(_changed(part.ref, len(body)))
+                return
+            if body and not part.cancelled:
+                part.put(body)
+            part.finish()
         elif part.cancelled:
             part.finish()
         else:
             if status in NOT_HERE:
                 self.transport.signed_get.refuse(split_uri(part.ref.uri)[0])
-            resumes = 1 if status in (200, 206) else 0  # a body that broke or stalled counts, as in fetch
-            if status is None or resumes:  # not an error answer: the connection broke, or the watchdog gave up
+            if status is None:  # no answer: the connection broke, or gave no progress for the read timeout
                 log.warning("%s: body broke (%s); fetching it again", part.ref.uri, error)
-            self.transport._pool.submit(lambda: part.run(self.transport, 0, resumes))
+            self.transport._pool.submit(lambda: part.run(self.transport, 0, 0 if status else 1))
 
 
 class S3Stream:

@@ -1,10 +1,10 @@
-"""Small objects through awscrt's S3 client (sources/s3_crt.py, issue 17), on moto and SeaweedFS.
+"""Small objects through one event-loop thread (sources/s3_small.py, issue 17), on moto and SeaweedFS.
 
-Whole objects up to 1 MiB go out through awscrt when it is installed; everything else, and every
-answer but a 200, goes on through the plain path (s3_get.py, then botocore). A FaultProxy between
-the sidecar and the server logs every request: awscrt's GETs are the ones whose User-Agent carries
-its `CRTS3NativeClient` marker after ours. SeaweedFS checks every signature, so an epoch that
-arrives exact on it was signed with the right keys (and session token).
+Whole objects up to 1 MiB go out through s3_small.py's keep-alive connections; everything else,
+and every answer but a 200, goes on through the plain path (s3_get.py, then botocore). A FaultProxy
+between the sidecar and the server logs every request: the loop's GETs are the ones whose
+User-Agent carries its `small-objects` marker after ours. SeaweedFS checks every signature, so an
+epoch that arrives exact on it was signed with the right keys (and session token).
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_nothing_written, error_line
+from conftest import assert_nothing_written, error_line, pattern
 from s3_helpers import MIB, JobRunner, ModuleBuckets, blob, data_error_line, prefix_keys, s3_channel, s3_env, stream_of
 
-pytest.importorskip("awscrt")
 pytestmark = pytest.mark.timeout(120)
 
-CRT_MARK = "CRTS3NativeClient"
+MARK = "small-objects"
 SERVERS = {"moto": "moto_s3", "seaweedfs": "seaweed_s3"}
 
 COMMON = {
@@ -33,7 +32,7 @@ COMMON = {
     "small/amp&=;": b"ampersand",
     "small/\u00fc/\u03a9": b"unicode folders",
     **{f"small/many/{i:02d}.bin": blob(200 + i, 4096 * (i + 1)) for i in range(16)},
-    "small/one-mib.bin": blob(300, MIB),  # the largest object awscrt fetches
+    "small/one-mib.bin": blob(300, MIB),  # the largest object the loop fetches
     "small/zz-larger.bin": blob(301, MIB + 1),  # the smallest one the plain path streams
 }
 # keys SeaweedFS normalizes as paths (so they would not come back as written): moto only
@@ -46,7 +45,7 @@ def objects_for(server_name: str) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def buckets():
-    made = {name: ModuleBuckets(f"s3-crt-{name}", lambda bucket, name=name: objects_for(name)) for name in SERVERS}
+    made = {name: ModuleBuckets(f"s3-small-{name}", lambda bucket, name=name: objects_for(name)) for name in SERVERS}
     yield made
     for m in made.values():
         m.cleanup()
@@ -65,9 +64,9 @@ def object_gets(proxy: Any, bucket: str) -> list[Any]:
     return [r for r in proxy.requests("GET") if r.path.startswith(f"/{bucket}/")]
 
 
-def by_crt(record: Any) -> bool:
+def by_loop(record: Any) -> bool:
     agent = record.headers.get("user-agent", "")
-    return agent.startswith("sagemaker-pipe/") and CRT_MARK in agent
+    return agent.startswith("sagemaker-pipe/") and MARK in agent
 
 
 def many_stream(objects: dict[str, bytes]) -> bytes:
@@ -80,9 +79,9 @@ def expected(objects: dict[str, bytes]) -> bytes:
 
 
 @pytest.mark.parametrize("server_name", ["moto", "seaweedfs"])
-def test_small_objects_go_through_awscrt_once_each_with_if_match(request, buckets, s3_jobs, fault_proxy,
+def test_small_objects_go_through_the_loop_once_each_with_if_match(request, buckets, s3_jobs, fault_proxy,
                                                                  server_name):
-    """Every object up to 1 MiB, awkward keys included, is one awscrt GET per epoch, answered 200,
+    """Every object up to 1 MiB, awkward keys included, is one GET of the loop per epoch, answered 200,
     carrying If-Match with the listed ETag; the one just over 1 MiB is streamed by the plain path."""
     server = server_for(request, server_name)
     bucket, objects = buckets[server_name].get(server)
@@ -95,11 +94,11 @@ def test_small_objects_go_through_awscrt_once_each_with_if_match(request, bucket
     for key, body in objects.items():
         mine = [r for r in gets if r.path == f"/{bucket}/{key}"]
         if len(body) <= MIB:
-            assert len(mine) == 2 and all(by_crt(r) and r.status == 200 for r in mine), \
+            assert len(mine) == 2 and all(by_loop(r) and r.status == 200 for r in mine), \
                 (key, [(r.status, r.headers.get("user-agent")) for r in mine])
             assert {r.headers.get("if-match") for r in mine} == {etags[key]}, key
         else:
-            assert mine and not any(by_crt(r) for r in mine), key
+            assert mine and not any(by_loop(r) for r in mine), key
 
 
 # SeaweedFS refuses any session token with its static keys (InvalidAccessKeyId, botocore's listing
@@ -108,9 +107,9 @@ TOKEN = {"moto": "token-from-profile", "seaweedfs": None}
 
 
 @pytest.mark.parametrize("server_name", ["moto", "seaweedfs"])
-def test_a_profile_signs_awscrt_requests(request, buckets, s3_jobs, fault_proxy, tmp_path, server_name):
+def test_a_profile_signs_the_loops_requests(request, buckets, s3_jobs, fault_proxy, tmp_path, server_name):
     """Keys (and on moto a session token) from AWS_SHARED_CREDENTIALS_FILE + AWS_PROFILE, none in
-    the environment, reach awscrt's signer: its GETs carry the token; SeaweedFS takes the signature."""
+    the environment, reach the loop's signer: its GETs carry the token; SeaweedFS takes the signature."""
     server = server_for(request, server_name)
     bucket, objects = buckets[server_name].get(server)
     proxy = fault_proxy(server)
@@ -125,7 +124,7 @@ def test_a_profile_signs_awscrt_requests(request, buckets, s3_jobs, fault_proxy,
     job = s3_jobs.start(server, [s3_channel("t", f"s3://{bucket}/small/many/")], env=env, epochs=1)
     job.finish()["t"].check(many_stream(objects), "t")
     gets = object_gets(proxy, bucket)
-    assert gets and all(by_crt(r) for r in gets)
+    assert gets and all(by_loop(r) for r in gets)
     assert {r.headers.get("x-amz-security-token") for r in gets} == {token}
     assert server.secret_key not in job.proc.stderr
 
@@ -144,10 +143,10 @@ print(json.dumps(answer))
 
 
 @pytest.mark.parametrize("server_name", ["moto", "seaweedfs"])
-def test_credentials_that_expire_are_refreshed_for_awscrt(request, buckets, s3_jobs, fault_proxy, tmp_path,
+def test_credentials_that_expire_are_refreshed_for_the_loop(request, buckets, s3_jobs, fault_proxy, tmp_path,
                                                           server_name):
     """A profile's credential_process whose credentials expire within botocore's refresh window:
-    botocore refreshes them again and again, and awscrt's GETs sign with each new set (on moto:
+    botocore refreshes them again and again, and the loop's GETs sign with each new set (on moto:
     new session tokens; on SeaweedFS, which checks signatures, every GET still answered 200)."""
     server = server_for(request, server_name)
     bucket, objects = buckets[server_name].get(server)
@@ -163,7 +162,7 @@ def test_credentials_that_expire_are_refreshed_for_awscrt(request, buckets, s3_j
     job = s3_jobs.start(server, [s3_channel("t", f"s3://{bucket}/small/many/")], env=env, epochs=2)
     job.finish(timeout=90)["t"].check(many_stream(objects), "t")
     gets = object_gets(proxy, bucket)
-    assert gets and all(by_crt(r) and r.status == 200 for r in gets)
+    assert gets and all(by_loop(r) and r.status == 200 for r in gets)
     assert int(count.read_text()) >= 2
     if TOKEN[server_name]:
         tokens = {r.headers.get("x-amz-security-token") for r in gets}
@@ -171,7 +170,7 @@ def test_credentials_that_expire_are_refreshed_for_awscrt(request, buckets, s3_j
 
 
 def test_error_answers_are_repeated_through_botocore(moto_s3, buckets, s3_jobs, fault_proxy):
-    """awscrt never retries: a 503 to its GET is repeated by the plain path (503 again), then by
+    """The loop never retries: a 503 to its GET is repeated by the plain path (503 again), then by
     get_object, whose standard retries get the 200."""
     bucket, objects = buckets["moto"].get(moto_s3)
     proxy = fault_proxy(moto_s3)
@@ -184,14 +183,14 @@ def test_error_answers_are_repeated_through_botocore(moto_s3, buckets, s3_jobs, 
     gets = [r for r in object_gets(proxy, bucket) if r.path == f"/{bucket}/{key}"]
     agents = [(r.status, r.headers.get("user-agent", "")) for r in gets]
     assert [s for s, _ in agents] == [503, 503, 200], agents
-    assert CRT_MARK in agents[0][1] and agents[1][1].startswith("sagemaker-pipe/") and CRT_MARK not in agents[1][1]
+    assert MARK in agents[0][1] and agents[1][1].startswith("sagemaker-pipe/") and MARK not in agents[1][1]
     assert agents[2][1].startswith("Boto3/"), agents
 
 
 @pytest.mark.parametrize("server_name", ["moto", "seaweedfs"])
 @pytest.mark.parametrize("fault", ["cut", "reset", "stall"])
 def test_a_broken_small_body_is_fetched_again(request, buckets, s3_jobs, fault_proxy, server_name, fault):
-    """awscrt hands a body over only once complete, so a broken or stalled one passed nothing on:
+    """The loop hands a body over only once complete, so a broken or stalled one passed nothing on:
     the object is fetched again from its first byte, If-Match on the listed ETag, and the epoch is
     exact. A stall is cut by the read timeout (2 s here), not waited out."""
     server = server_for(request, server_name)
@@ -209,11 +208,39 @@ def test_a_broken_small_body_is_fetched_again(request, buckets, s3_jobs, fault_p
     assert time.monotonic() - started < 30
     assert rule.hits == 1
     gets = [r for r in object_gets(proxy, bucket) if r.path == f"/{bucket}/{key}"]
-    assert gets[0].fault == fault and by_crt(gets[0]), [(r.fault, r.headers.get("user-agent")) for r in gets]
+    assert gets[0].fault == fault and by_loop(gets[0]), [(r.fault, r.headers.get("user-agent")) for r in gets]
     again = gets[1]
     assert again.range in (None, "bytes=0-") and again.status == 200, (again.range, again.status)
     assert again.headers.get("if-match") == gets[0].headers.get("if-match") is not None
     assert f"{key}: body broke" in job.proc.stderr
+
+
+def test_connections_the_server_closed_while_idle_are_never_sent_on(seaweed_s3, buckets, s3_jobs, fault_proxy, consumer,
+                                                                    tmp_path):
+    """Servers close kept-alive connections that stay idle (S3 after some seconds). Between two
+    epochs every one of them is closed here: the next epoch opens new ones, exact, with no GET
+    lost to a dead connection (none broke, none went to the plain path). SeaweedFS only: moto
+    answers HTTP/1.0 and closes every connection itself."""
+    server = seaweed_s3
+    bucket, objects = buckets["seaweedfs"].get(server)
+    proxy = fault_proxy(server)
+    proxy.idle_timeout = 0.3
+    job = s3_jobs.start(server, [s3_channel("t", f"s3://{bucket}/small/many/")], epochs=2, read=[],
+                        endpoint_url=proxy.endpoint_url)
+    reads = []
+    for epoch in (0, 1):
+        out = tmp_path / f"epoch{epoch}"
+        (result,) = consumer(pattern(job.ml_root, "t"), epochs=1, start=epoch, out=out).results(30)
+        reads.append((out / f"epoch_{epoch}.bin").read_bytes())
+        if epoch == 0:
+            opened = proxy.connections
+            time.sleep(1.0)  # every connection idle for over idle_timeout: the proxy closed them all
+    assert job.proc.wait(30) == 0, job.proc.stderr
+    assert reads == [many_stream(objects)] * 2
+    assert proxy.connections > opened
+    gets = object_gets(proxy, bucket)
+    assert len(gets) == 32 and all(by_loop(r) and r.status == 200 for r in gets), len(gets)
+    assert "body broke" not in job.proc.stderr
 
 
 def test_a_small_object_broken_every_time_stops_the_job_naming_it(moto_s3, buckets, s3_jobs, fault_proxy):
@@ -230,9 +257,9 @@ def test_a_small_object_broken_every_time_stops_the_job_naming_it(moto_s3, bucke
 
 @pytest.mark.parametrize("setting", ["HTTP_PROXY", "NO_PROXY"])
 def test_proxy_variables_are_honoured(seaweed_s3, buckets, s3_jobs, fault_proxy, setting):
-    """awscrt's client takes no proxy from Python: with HTTP_PROXY set for the endpoint, every
+    """The loop speaks to servers directly: with HTTP_PROXY set for the endpoint, every
     request (listing and bodies) goes through the proxy by the plain path; with the endpoint in
-    NO_PROXY too, none does, and bodies go through awscrt again."""
+    NO_PROXY too, none does, and bodies go through the loop again."""
     bucket, objects = buckets["seaweedfs"].get(seaweed_s3)
     proxy = fault_proxy(seaweed_s3)  # a plain-HTTP forward proxy too: it relays absolute-form requests
     extra = {"HTTP_PROXY": proxy.endpoint_url, "http_proxy": proxy.endpoint_url}
@@ -245,30 +272,31 @@ def test_proxy_variables_are_honoured(seaweed_s3, buckets, s3_jobs, fault_proxy,
     job.finish()["t"].check(many_stream(objects), "t")
     gets = object_gets(proxy, bucket)
     if setting == "HTTP_PROXY":
-        assert len(gets) == 16 and not any(by_crt(r) for r in gets), len(gets)  # one GET per object
+        assert len(gets) == 16 and not any(by_loop(r) for r in gets), len(gets)  # one GET per object
         assert any("list-type" in r.query for r in proxy.requests("GET"))
     else:
         assert proxy.records == []
 
 
-def test_crt_can_be_turned_off_and_a_bad_value_is_one_line(moto_s3, buckets, s3_jobs, fault_proxy):
+def test_the_loop_can_be_turned_off_and_a_bad_value_is_one_line(moto_s3, buckets, s3_jobs, fault_proxy):
     bucket, objects = buckets["moto"].get(moto_s3)
     proxy = fault_proxy(moto_s3)
     reads = s3_jobs.run(moto_s3, [s3_channel("t", f"s3://{bucket}/small/many/")], epochs=1,
-                        endpoint_url=proxy.endpoint_url, env_extra={"SAGEMAKER_PIPE_S3_CRT": "never"})
+                        endpoint_url=proxy.endpoint_url, env_extra={"SAGEMAKER_PIPE_S3_SMALL": "never"})
     reads["t"].check(many_stream(objects), "t")
     gets = object_gets(proxy, bucket)
-    assert gets and not any(by_crt(r) for r in gets)
+    assert gets and not any(by_loop(r) for r in gets)
     proc, ml_root = s3_jobs.fail(None, [s3_channel("t", f"s3://{bucket}/small/")],
-                                 env={**s3_env(moto_s3), "SAGEMAKER_PIPE_S3_CRT": "sometimes"})
+                                 env={**s3_env(moto_s3), "SAGEMAKER_PIPE_S3_SMALL": "sometimes"})
     assert proc.poll() == 2, proc.stderr
     line = error_line(proc.stderr)
-    assert "SAGEMAKER_PIPE_S3_CRT" in line and "sometimes" in line, line
+    assert "SAGEMAKER_PIPE_S3_SMALL" in line and "sometimes" in line, line
     assert_nothing_written(ml_root)
 
 
 def test_the_bench_baseline_reads_every_byte(moto_s3, buckets, monkeypatch):
     """bench/s3_baselines.py's awscrt client, which the bench's awscrt rows time, gets every byte."""
+    pytest.importorskip("awscrt")
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
     import s3_baselines
 
