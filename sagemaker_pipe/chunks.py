@@ -21,6 +21,17 @@ PROMPT_S = 0.02  # ... but no byte waits in a batch longer than this while more 
 POLL_S = 0.1  # the longest a blocked worker goes without checking for shutdown
 
 
+def _pipe_max() -> int:
+    try:
+        with open("/proc/sys/fs/pipe-max-size", encoding="ascii") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+PIPE_MAX = _pipe_max()  # the largest pipe buffer an unprivileged process may ask for
+
+
 @dataclass(frozen=True)
 class ObjectRef:
     """One object to stream: where it is, its key relative to the channel's root, its listed size."""

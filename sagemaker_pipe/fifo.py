@@ -18,22 +18,12 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from sagemaker_pipe.chunks import BATCH, FLUSH, POLL_S, PROMPT_S, FileSpan, PipeSpan, SinkChunk, wait_readable
+from sagemaker_pipe.chunks import BATCH, FLUSH, PIPE_MAX, POLL_S, PROMPT_S, FileSpan, PipeSpan, SinkChunk, wait_readable
 from sagemaker_pipe.errors import DataError, Stopped
 
 
 class ReaderGone(Exception):
     """The reader closed its end before the epoch was complete: end the epoch quietly."""
-
-
-def _pipe_max() -> int:
-    try:
-        return int(Path("/proc/sys/fs/pipe-max-size").read_text())
-    except (OSError, ValueError):
-        return 1 << 20
-
-
-PIPE_MAX = _pipe_max()
 
 
 class FifoSet:

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from sagemaker_pipe import sources
-from sagemaker_pipe.chunks import CHUNK, FileSpan
+from sagemaker_pipe.chunks import CHUNK, FileSpan, PipeSpan
 from sagemaker_pipe.errors import ConfigError, DataError, PipeError, in_channel
 from sagemaker_pipe.layout import Layout, make_dirs
 from sagemaker_pipe.plan import ChannelPlan
@@ -293,6 +293,8 @@ def _copy_object(fc: FileCopy, stream: sources.ObjectStream, dest: Path, stop: t
                     n = _copy_span(chunk, fd, stop)
                     if n is None:
                         return None
+                elif isinstance(chunk, PipeSpan):
+                    n = _copy_pipe(chunk, fd)
                 else:
                     _write_all(fd, memoryview(chunk))
                     n = len(chunk)
@@ -325,6 +327,24 @@ def _write_all(fd: int, view: memoryview) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def _copy_pipe(span: PipeSpan, fd: int) -> int:
+    """Bytes already waiting in a pipe (a spliced S3 body), moved into the file by splice."""
+    left = span.length
+    while left:
+        try:
+            n = os.splice(span.fd, fd, left)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOSYS):
+                raise
+            data = os.read(span.fd, min(left, CHUNK))  # a file system without splice support
+            _write_all(fd, memoryview(data))
+            n = len(data)
+        if n == 0:
+            raise DataError(f"{span.name} ended {left} bytes early")
+        left -= n
+    return span.length
 
 
 def _copy_span(span: FileSpan, fd: int, stop: threading.Event) -> int | None:

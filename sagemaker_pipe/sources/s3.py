@@ -15,10 +15,12 @@ botocore's to retry (standard mode) and its errors are what the job reports.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import logging
 import os
 import queue
+import select
 import threading
 import time
 from collections import deque
@@ -31,9 +33,9 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from urllib3.exceptions import HTTPError
 
-from sagemaker_pipe.chunks import CHUNK, Chunk, ObjectRef
+from sagemaker_pipe.chunks import CHUNK, PIPE_MAX, Chunk, ObjectRef, PipeSpan
 from sagemaker_pipe.errors import ConfigError, DataError
-from sagemaker_pipe.sources import s3_small
+from sagemaker_pipe.sources import s3_small, s3_splice
 from sagemaker_pipe.sources.s3_get import NOT_HERE, Body, SignedGet
 
 log = logging.getLogger("sagemaker_pipe")
@@ -78,6 +80,7 @@ class S3Transport:
         self._client: Any = None
         self._get: SignedGet | None = None
         self._small: s3_small.SmallGet | None = None
+        self._splice: s3_splice.SpliceGet | None = None
         self._lock = threading.Lock()
         self._pool = _Pool(THREADS)
         self._answers: deque[float] = deque(maxlen=64)  # seconds the last GETs took to answer
@@ -130,6 +133,7 @@ class S3Transport:
             if SMALL == "auto" and credentials is not None:
                 self._small = s3_small.SmallGet(self._get, credentials, core.get_config_variable("ca_bundle"),
                                                 READ_TIMEOUT, 10)
+                self._splice = s3_splice.SpliceGet(self._small, 10, READ_TIMEOUT)
             self._client = boto3.session.Session(botocore_session=core).client("s3", config=config)
 
     def list_objects(self, uri: str) -> list[ObjectRef]:
@@ -195,6 +199,13 @@ class S3Transport:
             return False  # (its loop must never wait for room)
         return _SmallPart(self, self._small, part).start()
 
+    def splices(self, part: _Part) -> bool:
+        """Whether a part too long to hold (over READ_AHEAD) goes socket -> pipe -> FIFO by splice:
+        from a plain-HTTP server without a proxy (s3_splice.py)."""
+        self._connect()
+        return (self._splice is not None and part.length > READ_AHEAD
+                and self._splice.fits(split_uri(part.ref.uri)[0]))
+
     def fetch(self, part: _Part, pos: int | None = None, resumes: int = 0) -> None:
         """Fill one part (from byte `pos` on), resuming a broken body from the exact byte reached."""
         bucket, key = split_uri(part.ref.uri)
@@ -202,32 +213,55 @@ class S3Transport:
         while pos < end and not part.cancelled:
             headers = _headers(part, pos)
             try:
-                sent = time.monotonic()
-                body = self.signed_get.get(bucket, key, headers)
-                if body is None:  # an error, a redirect or throttling: botocore's to retry or word
-                    body = self._get_object(part.ref.uri, bucket, key, headers)
-                else:
-                    self._answers.append(time.monotonic() - sent)
+                body = self._body(part, bucket, key, headers)
                 total = _total_size(body.headers)
                 if total != part.ref.size:
                     body.close()
                     raise _changed(part.ref, total)
                 try:
                     while pos < end and not part.cancelled:
-                        data = body.read(min(CHUNK, end - pos))
-                        if not data:
+                        if isinstance(body, s3_splice.SplicedBody):
+                            n = body.splice(part.pipe_in, end - pos, lambda: part.cancelled)
+                            part.announce(n)
+                        else:
+                            data = body.read(min(CHUNK, end - pos))
+                            n = len(data)
+                            if n:
+                                part.put(data)
+                        if not n and not part.cancelled:
                             raise _Short
-                        part.put(data)
-                        pos += len(data)
+                        pos += n
                 finally:
                     body.close()
             except (BotoCoreError, HTTPError, OSError, _Short) as e:
+                if part.cancelled:
+                    return
                 resumes += 1
                 if resumes > RESUMES:
                     raise DataError(f"{part.ref.uri}: download failed at byte {pos} after {RESUMES} resumes "
                                     f"({type(e).__name__})") from None
                 log.warning("%s: body broke at byte %d (%s); resuming", part.ref.uri, pos, type(e).__name__)
                 time.sleep(min(0.1 * 2**resumes, 2.0))
+
+    def _body(self, part: _Part, bucket: str, key: str, headers: dict[str, str]) -> Body | s3_splice.SplicedBody:
+        """The answer to one GET: spliced for a pipe part, else read through Python; an error, a
+        redirect or throttling goes on to get_object, botocore's to retry or word."""
+        sent = time.monotonic()
+        if part.pipe_in >= 0 and self._splice is not None:
+            spliced = self._splice.get(bucket, key, headers)
+            if spliced is not None and spliced.status in (200, 206):
+                self._answers.append(time.monotonic() - sent)
+                return spliced
+            if spliced is not None:
+                spliced.close()
+                if spliced.status in NOT_HERE:
+                    self.signed_get.refuse(bucket)
+                return self._get_object(part.ref.uri, bucket, key, headers)
+        body = self.signed_get.get(bucket, key, headers)
+        if body is None:
+            return self._get_object(part.ref.uri, bucket, key, headers)
+        self._answers.append(time.monotonic() - sent)
+        return body
 
     def _get_object(self, uri: str, bucket: str, key: str, headers: dict[str, str]) -> Body:
         """The same GET through botocore: its retries, region redirects and error messages."""
@@ -307,20 +341,32 @@ class S3Stream:
         self._rest = b""
 
     def chunks(self) -> Iterator[Chunk]:
+        """The object's bytes as they arrive; a spliced part's as PipeSpans, never through Python."""
         while True:
-            data = self.read(CHUNK)
-            if not data:
+            piece = self._rest or self._piece(spans=True)
+            self._rest = b""
+            if not len(piece):
                 return
-            yield data
+            yield piece
 
     def read(self, n: int = CHUNK) -> bytes:
-        while not self._rest and self._part is not None:
-            self._rest = self._part.get()
-            if not self._rest:
-                self._ahead.release(self._part)
-                self._part = self._ahead.next_part(self._index)
+        while not self._rest:
+            piece = self._piece(spans=False)
+            if not piece:
+                return b""
+            self._rest = piece  # type: ignore[assignment]  # bytes, without spans
         data, self._rest = self._rest[:n], self._rest[n:]
         return data
+
+    def _piece(self, spans: bool) -> bytes | PipeSpan:
+        """The next bytes of the object, b"" at its end."""
+        while self._part is not None:
+            piece = self._part.get(spans)
+            if len(piece):
+                return piece
+            self._ahead.release(self._part)
+            self._part = self._ahead.next_part(self._index)
+        return b""
 
     def ready(self) -> bool:
         return bool(self._rest) or self._part is None or not self._part.empty()
@@ -346,17 +392,45 @@ class _Part:
     def __init__(self, ref: ObjectRef, index: int, start: int, end: int) -> None:
         self.ref, self.index, self.start, self.end = ref, index, start, end
         self.cancelled = False
-        self._q: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
+        self._q: queue.SimpleQueue[bytes | int | BaseException | None] = queue.SimpleQueue()
         self._buffered = 0  # bytes put and not yet taken
         # only a part longer than READ_AHEAD can fill it (a whole object from a near server)
         self._room = threading.Condition() if end - start > READ_AHEAD else None
+        self.pipe_in = self.pipe_out = -1  # a spliced part's pipe (open_pipe): bytes never pass through Python
 
     @property
     def length(self) -> int:
         return self.end - self.start
 
+    def open_pipe(self) -> None:
+        """Carry this part in a pipe: the fetch splices the socket into it, the sink splices it on.
+        Without a descriptor to spare it stays an ordinary part."""
+        try:
+            self.pipe_out, self.pipe_in = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            fcntl.fcntl(self.pipe_in, fcntl.F_SETPIPE_SZ, PIPE_MAX)
+        except OSError:
+            pass  # over the user's pipe-buffer quota: the default size works, in smaller steps
+        self._room = None  # the pipe is the bound
+
+    def announce(self, n: int) -> None:
+        """n more bytes are in the pipe."""
+        if n:
+            self._q.put(n)
+
     def put(self, data: bytes) -> None:
         """Queue bytes for the reader; a part longer than READ_AHEAD (a whole object) waits for room."""
+        if self.pipe_in >= 0:  # bytes that came through Python after all (botocore's path): into the pipe
+            view = memoryview(data)
+            while view and not self.cancelled:
+                try:
+                    view = view[os.write(self.pipe_in, view):]
+                except BlockingIOError:
+                    select.select([], [self.pipe_in], [], 0.1)
+            self.announce(len(data) - len(view))
+            return
         if self._room is None:
             self._q.put(data)
             return
@@ -373,6 +447,15 @@ class _Part:
             self.finish()
         except BaseException as e:  # handed to the reader, who stops the job naming the object
             self.finish(e)
+        finally:
+            if self.pipe_in >= 0:
+                os.close(self.pipe_in)  # the reader closes the other end (close_pipe)
+
+    def close_pipe(self) -> None:
+        """The reader's end of a spliced part, once the reader is done with the part."""
+        if self.pipe_out >= 0:
+            os.close(self.pipe_out)
+            self.pipe_out = -1
 
     def finish(self, error: BaseException | None = None) -> None:
         """The end of the part, or the error that ended it."""
@@ -381,8 +464,9 @@ class _Part:
     def empty(self) -> bool:
         return self._q.empty()
 
-    def get(self) -> bytes:
-        """The next bytes, b"" at the end of the part; a failed download raises here."""
+    def get(self, spans: bool = False) -> bytes | PipeSpan:
+        """The next bytes, b"" at the end of the part; a failed download raises here. A spliced
+        part's bytes come as PipeSpans (`spans`), or are read out of the pipe."""
         item = self._q.get()
         if item is None:
             self._q.put(None)  # stay at the end for any later call
@@ -390,6 +474,8 @@ class _Part:
         if isinstance(item, BaseException):
             self._q.put(item)
             raise item if isinstance(item, DataError) else DataError(f"{self.ref.uri}: {item}")
+        if isinstance(item, int):
+            return PipeSpan(self.pipe_out, item, self.ref.uri, [0]) if spans else _read_exactly(self.pipe_out, item)
         if self._room is not None:
             with self._room:
                 self._buffered -= len(item)
@@ -428,6 +514,7 @@ class _ReadAhead:
         return part
 
     def release(self, part: _Part) -> None:
+        part.close_pipe()
         with self._lock:
             self._held -= part.length
         self._fill()
@@ -436,6 +523,7 @@ class _ReadAhead:
         with self._lock:
             for p in self._ahead:
                 p.cancelled = True
+                p.close_pipe()
             self._ahead.clear()
             self._todo.clear()
 
@@ -453,6 +541,8 @@ class _ReadAhead:
     def _schedule(self, part: _Part) -> None:
         self._held += part.length
         if not self.transport.start(part):
+            if self.transport.splices(part):
+                part.open_pipe()
             self.transport._pool.submit(lambda: part.run(self.transport))
 
 
@@ -481,6 +571,14 @@ class _Pool:
     def _work(self) -> None:
         while True:
             self._tasks.get()()
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    """n bytes that are in the pipe already (announced by its writer)."""
+    data = os.read(fd, n)
+    while len(data) < n:  # a pipe read stops at a page boundary at times
+        data += os.read(fd, n - len(data))
+    return data
 
 
 def _changed(ref: ObjectRef, total: int) -> DataError:

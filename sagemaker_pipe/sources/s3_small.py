@@ -43,6 +43,7 @@ log = logging.getLogger("sagemaker_pipe")
 OnDone = Callable[[int | None, bytes | None, str | None], None]
 CONNECTIONS = 64  # sockets open at most; each carries one request at a time
 UNSIGNED = "UNSIGNED-PAYLOAD"
+MAX_HEAD = 65536
 MARK = "small-objects"  # in the User-Agent after ours: which path sent a GET
 
 
@@ -52,6 +53,27 @@ def _report(job: _Job, status: int | None, body: bytes | None, error: str | None
         job.on_done(status, body, error)
     except Exception as e:
         log.exception("s3-small: %s", e)
+
+
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """The status and the headers (lower-case names; ":version" too) of an answer's head."""
+    lines = head.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    status = rest[:3]
+    if not version.startswith("HTTP/1.") or not status.isdigit():
+        raise ConnectionError(f"not an HTTP/1.1 answer: {lines[0][:80]!r}")
+    headers = {":version": version}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status), headers
+
+
+def body_length(headers: dict[str, str]) -> int:
+    """Content-Length of an answer this path reads; chunked or unsized ones are refused."""
+    if "transfer-encoding" in headers or not headers.get("content-length", "").isdigit():
+        raise ConnectionError("an answer without Content-Length")
+    return int(headers["content-length"])
 
 
 class _Job:
@@ -94,7 +116,7 @@ class _Signer:
         self._keys: dict[tuple[str, str, str, str], bytes] = {}
         self._stamp = (0, "")
 
-    def request(self, netloc: str, path: str, headers: dict[str, str], target: Target) -> bytes:
+    def request(self, netloc: str, path: str, headers: dict[str, str], target: Target, mark: str) -> bytes:
         """The whole request, signed with botocore's credentials as they are now."""
         frozen = self._credentials.get_frozen_credentials()  # refreshed by botocore near their expiry
         now = int(time.time())
@@ -110,7 +132,7 @@ class _Signer:
         key = self._key(frozen.secret_key, amz[:8], target.region, target.service)
         signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
         extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        return (f"GET {path} HTTP/1.1\r\nHost: {netloc}\r\nUser-Agent: {AGENT} {MARK}\r\n{extra}"
+        return (f"GET {path} HTTP/1.1\r\nHost: {netloc}\r\nUser-Agent: {AGENT} {mark}\r\n{extra}"
                 f"x-amz-content-sha256: {UNSIGNED}\r\nx-amz-date: {amz}\r\n"
                 + (f"x-amz-security-token: {token}\r\n" if token else "")
                 + f"Authorization: AWS4-HMAC-SHA256 Credential={frozen.access_key}/{scope}, "
@@ -154,13 +176,10 @@ class SmallGet:
         sent) when this bucket is not for this path. Credentials that cannot be refreshed raise
         botocore's error here. A body longer than `size` is never read: it is reported as a 200
         without a body."""
-        target = self._signed.target(bucket)
-        fit = None if target is None else self._fit(target)
-        if target is None or fit is None:
+        prepared = self.prepare(bucket, key, headers)
+        if prepared is None:
             return False
-        where, netloc, prefix = fit
-        request = self._signer.request(netloc, prefix + quote(key, safe="/~"), headers, target)
-        self._queue.append(_Job(where, request, size, on_done))
+        self._queue.append(_Job(*prepared, size, on_done))
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
@@ -172,6 +191,23 @@ class SmallGet:
             except BlockingIOError:
                 pass  # its buffer is full of wake-ups already
         return True
+
+    def where(self, bucket: str) -> tuple[str, int, bool] | None:
+        """(host, port, TLS) of a bucket fit for this path, else None; nothing is signed."""
+        target = self._signed.target(bucket)
+        fit = None if target is None else self._fit(target)
+        return None if fit is None else fit[0]
+
+    def prepare(self, bucket: str, key: str, headers: dict[str, str],
+                mark: str = MARK) -> tuple[tuple[str, int, bool], bytes] | None:
+        """(host, port, TLS) and the signed request of a GET (`mark` in its User-Agent after ours),
+        or None when the bucket is not for this path."""
+        target = self._signed.target(bucket)
+        fit = None if target is None else self._fit(target)
+        if target is None or fit is None:
+            return None
+        where, netloc, prefix = fit
+        return where, self._signer.request(netloc, prefix + quote(key, safe="/~"), headers, target, mark)
 
     def _fit(self, target: Target) -> tuple[tuple[str, int, bool], str, str] | None:
         """(host, port, TLS), Host header and path prefix of a target fit for this path: SigV4 over
@@ -367,35 +403,20 @@ class SmallGet:
         the answer is not a 200 or 206 (then it is reported as it is, and the connection closed)."""
         end = conn.buf.find(b"\r\n\r\n")
         if end < 0:
-            if len(conn.buf) > 65536:
+            if len(conn.buf) > MAX_HEAD:
                 raise ConnectionError("an answer head over 64 KiB")
             return False
-        lines = bytes(conn.buf[:end]).decode("latin-1").split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        status = rest[:3]
-        if not version.startswith("HTTP/1.") or not status.isdigit():
-            raise ConnectionError(f"not an HTTP/1.1 answer: {lines[0][:80]!r}")
-        conn.status = int(status)
+        conn.status, headers = parse_head(bytes(conn.buf[:end]))
         if conn.status not in (200, 206):  # not ours to read: botocore takes the request again
             self._finish(conn, conn.status, None, keep=False)
             return False
-        length, close = None, version == "HTTP/1.0"
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            name = name.strip().lower()
-            if name == "content-length":
-                length = int(value)
-            elif name == "transfer-encoding":
-                length = None
-                break
-            elif name == "connection":
-                close = value.strip().lower() == "close"
-        if length is None:
-            raise ConnectionError("an answer without Content-Length")
+        length = body_length(headers)
+        assert conn.job is not None
         if length > conn.job.limit:  # not the object listed: the plain path says how it changed
             self._finish(conn, conn.status, None, keep=False)
             return False
-        conn.head, conn.length, conn.close_after = end + 4, length, close
+        conn.head, conn.length = end + 4, length
+        conn.close_after = headers.get("connection", "").lower() == "close" or headers[":version"] == "HTTP/1.0"
         return True
 
     def _answered(self, conn: _Conn) -> None:
