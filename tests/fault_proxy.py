@@ -29,18 +29,18 @@ import select
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable
 from types import TracebackType
 from urllib.parse import unquote, urlsplit
 from xml.sax.saxutils import escape
+
+from loopback import LoopbackListener, http_address
 
 _CHUNK = 64 * 1024
 _MAX_LINE = 64 * 1024
 _MAX_HEADERS = 200
 MAX_STALL = 60.0
 """Upper bound on one stall, so a forgotten rule cannot hang a test run."""
-_JOIN_TIMEOUT = 5.0
 
 _S3_ERRORS: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "Bad Request"),
@@ -308,30 +308,23 @@ class _Upstream:
         self.sock = self.rfile = None
 
 
-class FaultProxy:
+class FaultProxy(LoopbackListener):
     """The proxy; use as a context manager or call :meth:`start` and :meth:`close`."""
+
+    thread_name = "fault-proxy"
 
     def __init__(self, upstream: str, *, timeout: float = 60.0) -> None:
         """``upstream`` is the server's endpoint URL (``http://127.0.0.1:PORT``); ``timeout``
         bounds every socket wait on either side."""
-        parts = urlsplit(upstream if "://" in upstream else f"http://{upstream}")
-        if parts.scheme != "http" or parts.hostname is None or parts.port is None:
-            raise ValueError(f"upstream must be http://HOST:PORT, not {upstream!r}")
-        self.upstream = (parts.hostname, parts.port)
+        super().__init__()
+        self.upstream = http_address(upstream)
         self.timeout = timeout
-        self.port = 0
         self.connections = 0
         """Client connections accepted so far: shows whether a client reuses kept-alive ones."""
         self.idle_timeout: float | None = None
         """When set, a client connection idle that long between requests is closed, as servers do."""
-        self._lock = threading.Lock()
         self._rules: list[Rule] = []
         self._log: list[RequestRecord] = []
-        self._stopping = threading.Event()
-        self._sockets: set[socket.socket] = set()
-        self._threads: set[threading.Thread] = set()
-        self._listener: socket.socket | None = None
-        self._acceptor: threading.Thread | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -426,36 +419,12 @@ class FaultProxy:
 
     # --- life cycle -----------------------------------------------------------------------
     def start(self) -> FaultProxy:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
-        listener.settimeout(0.2)  # lets the accept loop notice close() quickly
-        self._listener = listener
-        self.port = listener.getsockname()[1]
-        self._acceptor = threading.Thread(target=self._accept_loop, name="fault-proxy-accept", daemon=True)
-        self._acceptor.start()
+        self._listen()
         return self
 
     def close(self) -> None:
         """Stop accepting, break every open connection, and join the threads (bounded)."""
-        self._stopping.set()
-        deadline = time.monotonic() + _JOIN_TIMEOUT
-        if self._acceptor is not None:
-            self._acceptor.join(_JOIN_TIMEOUT)  # no new connection after this
-        with self._lock:
-            sockets = list(self._sockets)
-            threads = list(self._threads)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv on it
-            except OSError:
-                pass
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        self._shut_down()
 
     def __enter__(self) -> FaultProxy:
         return self.start()
@@ -465,46 +434,11 @@ class FaultProxy:
     ) -> None:
         self.close()
 
-    def _spawn(self, target: Callable[..., None], name: str, *args: object) -> None:
-        thread = threading.Thread(
-            target=self._run_tracked, args=(target, *args), name=name, daemon=True)
-        with self._lock:
-            self._threads.add(thread)
-        thread.start()
-
-    def _run_tracked(self, target: Callable[..., None], *args: object) -> None:
-        try:
-            target(*args)
-        finally:
-            with self._lock:
-                self._threads.discard(threading.current_thread())
-
-    def _track(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.add(sock)
-
-    def _untrack(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.discard(sock)
-
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.settimeout(self.timeout)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self.connections += 1
-            self._track(conn)
-            self._spawn(self._serve_client, "fault-proxy-conn", conn)
-
     # --- one client connection ------------------------------------------------------------
-    def _serve_client(self, client: socket.socket) -> None:
+    def _serve(self, client: socket.socket) -> None:
+        client.settimeout(self.timeout)
+        with self._lock:
+            self.connections += 1
         upstream = _Upstream(self.upstream, self.timeout, self._track, self._untrack)
         rfile = client.makefile("rb")
         reset = False

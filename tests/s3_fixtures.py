@@ -1,4 +1,4 @@
-"""pytest fixtures for real S3 servers on 127.0.0.1 and fault proxies in front of them.
+"""pytest fixtures for real S3 servers on 127.0.0.1, and fault proxies and HTTPS fronts in front of them.
 
 Loaded as a plugin (``pytest_plugins = ["s3_fixtures"]`` in tests/conftest.py, tests/ on
 sys.path). Servers are session-scoped: each starts once per test run (about 1 s) on its own free
@@ -20,10 +20,12 @@ import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 from fault_proxy import FaultProxy
 from s3_servers import MotoServer, S3Server, SeaweedServer, empty_and_delete_bucket, seed_bucket
+from tls_front import TlsFront
 
 SeedBucket = Callable[..., str]
 """``seeded_bucket(server, {key: bytes}, *, name=None) -> bucket name``."""
 MakeProxy = Callable[[S3Server], FaultProxy]
+MakeFront = Callable[[S3Server | FaultProxy], TlsFront]
 
 
 def _servers_required() -> bool:
@@ -31,12 +33,15 @@ def _servers_required() -> bool:
     return flag.strip().lower() in ("1", "true", "yes")
 
 
-def _serve(cls: type[S3Server]) -> Iterator[S3Server]:
-    reason = cls.unavailable_reason()
+def _skip_if_unavailable(reason: str | None) -> None:
     if reason is not None:
         if _servers_required():
             pytest.fail(f"{reason} (required: REQUIRE_S3_SERVERS or CI is set)", pytrace=False)
         pytest.skip(reason)
+
+
+def _serve(cls: type[S3Server]) -> Iterator[S3Server]:
+    _skip_if_unavailable(cls.unavailable_reason())
     with cls() as server:
         yield server
 
@@ -114,3 +119,25 @@ def fault_proxy() -> Iterator[MakeProxy]:
     yield make
     for proxy in proxies:
         proxy.close()
+
+
+@pytest.fixture
+def tls_front() -> Iterator[MakeFront]:
+    """Factory: start a :class:`TlsFront` (HTTPS with its own private CA) in front of a server or a
+    FaultProxy; every front is stopped after the test.
+
+    Point clients at it with ``server.client(endpoint_url=front.endpoint_url, verify=front.ca_bundle)``
+    and child processes with ``server.child_env(endpoint_url=front.endpoint_url)`` plus
+    ``AWS_CA_BUNDLE=front.ca_bundle``.
+    """
+    _skip_if_unavailable(TlsFront.unavailable_reason())
+    fronts: list[TlsFront] = []
+
+    def make(upstream: S3Server | FaultProxy) -> TlsFront:
+        front = TlsFront(upstream.endpoint_url).start()
+        fronts.append(front)
+        return front
+
+    yield make
+    for front in fronts:
+        front.stop()

@@ -271,12 +271,13 @@ class S3Server:
     # --- clients --------------------------------------------------------------------------
     def client(
         self, *, endpoint_url: str | None = None, config: Config | None = None,
-        secret_key: str | None = None,
+        secret_key: str | None = None, verify: str | bool | None = None,
     ) -> Any:
         """A boto3 S3 client for this server (or for a proxy in front of it, via ``endpoint_url``).
 
         Path-style addressing is forced; ``config`` (a botocore ``Config``) is merged on top.
         ``secret_key`` replaces the real secret, to test that the server refuses bad signatures.
+        ``verify`` is boto3's: a CA bundle path for an HTTPS front (tests/tls_front.py).
         """
         merged = Config(s3={"addressing_style": "path"})
         if config is not None:
@@ -286,7 +287,8 @@ class S3Server:
             raise RuntimeError(f"{self.name} server is not started")
         if secret_key is not None:
             session = _isolated_boto3_session(self.access_key, secret_key, self.region)
-        client = session.client("s3", endpoint_url=endpoint_url or self.endpoint_url, config=merged)
+        client = session.client("s3", endpoint_url=endpoint_url or self.endpoint_url, config=merged,
+                                verify=verify)
         client.meta.events.register("before-send.s3", _no_continue_for_empty_body)
         return client
 
