@@ -162,3 +162,19 @@ def test_readers_that_leave_early_leave_no_pipe_behind(seaweed_s3, buckets, s3_j
     assert (out / "epoch_5.bin").read_bytes() == big_stream()
     assert job.proc.wait(30) == 0, job.proc.stderr
     assert max(fds[1:]) <= fds[0] + 2, fds  # (an epoch's pipe may still be closing as the next opens)
+
+
+def test_https_bodies_are_never_spliced(seaweed_s3, buckets, s3_jobs, fault_proxy, tls_front):
+    """TLS bodies cannot be spliced: over HTTPS the same parts stream through Python, exact; the
+    small object still goes through the one-thread loop, over TLS with AWS_CA_BUNDLE."""
+    bucket, _ = buckets["seaweedfs"].get(seaweed_s3)
+    proxy = fault_proxy(seaweed_s3)
+    front = tls_front(proxy)
+    reads = s3_jobs.run(seaweed_s3, [s3_channel("t", f"s3://{bucket}/big/")], epochs=2,
+                        endpoint_url=front.endpoint_url, env_extra={**SPLICE, "AWS_CA_BUNDLE": front.ca_bundle})
+    reads["t"].check(big_stream(), "t")
+    gets = [r for r in proxy.requests("GET") if r.path.startswith(f"/{bucket}/big/")]
+    assert gets and not any(spliced(r) for r in gets), [r.headers.get("user-agent") for r in gets]
+    small = gets_of(proxy, bucket, "big/c-small.bin")
+    assert len(small) == 2 and all("small-objects" in r.headers.get("user-agent", "") for r in small)
+    assert front.handshake_failures == 0
