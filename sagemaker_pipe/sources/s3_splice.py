@@ -25,6 +25,8 @@ from collections.abc import Callable
 from sagemaker_pipe.sources.s3_small import MAX_HEAD, SmallGet, parse_head
 
 STEP = 1 << 20  # bytes per splice call at most
+BATCH = 512 << 10  # bytes moved before the reader is told, unless the socket pauses for LINGER_S
+LINGER_S = 0.001
 MARK = "spliced"  # in the User-Agent after ours: which path sent a GET
 
 
@@ -40,8 +42,8 @@ class SplicedBody:
         self._timeout = read_timeout
 
     def splice(self, fd: int, n: int, cancelled: Callable[[], bool]) -> int:
-        """Move up to n bytes (at most STEP) into the pipe `fd` (non-blocking), as many as come without
-        waiting once some did; 0 at the body's end or when cancelled.
+        """Move up to n bytes (at most STEP) into the pipe `fd` (non-blocking): once some did, as many
+        as come within LINGER_S each, up to BATCH; 0 at the body's end or when cancelled.
 
         Waits for room in the pipe without limit (the reader sets the pace) and for the socket
         at most the read timeout (then TimeoutError, like a stalled read on the plain path).
@@ -65,8 +67,10 @@ class SplicedBody:
             if step > 0:
                 moved += step
                 continue
-            if moved:  # what is there goes on now; waiting is for the next call
-                break
+            if moved:  # announced in steps of BATCH, or of what came within LINGER_S: each costs a wake-up
+                if moved >= BATCH or _full(fd) or not select.select([self.sock], [], [], LINGER_S)[0]:
+                    break
+                continue
             if _full(fd):
                 select.select([], [fd], [], 0.1)
                 waited = time.monotonic()  # the reader's pace: not the server's stall
