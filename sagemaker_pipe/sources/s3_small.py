@@ -236,7 +236,13 @@ class SmallGet:
         self._count = 0  # connections open
         checked = time.monotonic()
         while True:
-            full = self._take()
+            try:
+                full = self._take()
+            except Exception as e:  # a fault of this module's: the job at the head fails, the loop goes on
+                log.exception("s3-small: %s", e)
+                if self._queue:
+                    _report(self._queue.popleft(), None, None, str(e))
+                continue
             self._sleeping = True
             events = self._sel.select(0 if self._queue and not full else min(1.0, self._read_timeout / 4))
             self._sleeping = False
@@ -366,6 +372,9 @@ class SmallGet:
             n = 0
         except ssl.SSLWantReadError:
             self._watch(conn, selectors.EVENT_READ)
+            return
+        except (OSError, ssl.SSLError) as e:  # a kept-alive connection the server just closed
+            self._fail(conn, e)
             return
         conn.out = conn.out[n:]
         if conn.out:
