@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 from fault_proxy import FaultProxy
+from s3_helpers import JobRunner
 from s3_servers import MotoServer, S3Server, SeaweedServer, empty_and_delete_bucket, seed_bucket
 from tls_front import TlsFront
 
@@ -141,3 +142,9 @@ def tls_front() -> Iterator[MakeFront]:
     yield make
     for front in fronts:
         front.stop()
+
+
+@pytest.fixture
+def s3_jobs(sidecar, consumer, tmp_path) -> JobRunner:
+    """Sidecar + consumer runs for this test (processes killed at teardown by conftest's registry)."""
+    return JobRunner(sidecar, consumer, tmp_path)

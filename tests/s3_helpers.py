@@ -35,6 +35,7 @@ from s3_servers import S3Server, empty_and_delete_bucket
 
 MIB = 1 << 20
 EPOCHS = 3
+SERVERS = {"moto": "moto_s3", "seaweedfs": "seaweed_s3"}  # a test's server name -> its fixture
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,6 +282,12 @@ class JobRunner:
         proc = self.sidecar.serve(config, ml_root, *args, epochs=EPOCHS, env=env)
         proc.wait(timeout)
         return proc, ml_root
+
+
+def server_for(request: Any, name: str) -> S3Server:
+    """The S3 server fixture a test parametrized by server name ("moto", "seaweedfs") runs against."""
+    server: S3Server = request.getfixturevalue(SERVERS[name])
+    return server
 
 
 def s3_channel(name: str, uri: str, data_type: str = "S3Prefix", *, gzip: bool = False,

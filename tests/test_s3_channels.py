@@ -18,7 +18,6 @@ import pytest
 from conftest import assert_nothing_written, error_line, homogeneous_resources, pattern, write_tree
 from s3_helpers import (
     MIB,
-    JobRunner,
     ModuleBuckets,
     blob,
     data_error_line,
@@ -39,11 +38,6 @@ from s3_servers import empty_and_delete_bucket
 
 pytestmark = pytest.mark.timeout(90)
 
-
-@pytest.fixture
-def s3_jobs(sidecar, consumer, tmp_path) -> JobRunner:
-    """Sidecar + consumer runs for this test (processes killed at teardown by conftest's registry)."""
-    return JobRunner(sidecar, consumer, tmp_path)
 
 # --------------------------------------------------------------------------------------------
 # the module's data set: one bucket per server, seeded once

@@ -33,7 +33,6 @@ from conftest import assert_nothing_written, error_line, pattern, sha, wait_unti
 from s3_helpers import (
     EPOCHS,
     MIB,
-    JobRunner,
     ModuleBuckets,
     blob,
     data_error_line,
@@ -41,6 +40,7 @@ from s3_helpers import (
     put_objects,
     s3_channel,
     s3_env,
+    server_for,
     stream_of,
 )
 from s3_servers import empty_and_delete_bucket, free_ports
@@ -48,12 +48,6 @@ from s3_servers import empty_and_delete_bucket, free_ports
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture
-def s3_jobs(sidecar, consumer, tmp_path) -> JobRunner:
-    """Sidecar + consumer runs for this test (processes killed at teardown by conftest's registry)."""
-    return JobRunner(sidecar, consumer, tmp_path)
-
-SERVERS = {"moto": "moto_s3", "seaweedfs": "seaweed_s3"}
 
 OBJECTS = {
     "mid/a.csv": b"a,1\na,2\n",
@@ -76,9 +70,6 @@ def buckets():
     yield made
     made.cleanup()
 
-
-def server_for(request: pytest.FixtureRequest, name: str) -> Any:
-    return request.getfixturevalue(SERVERS[name])
 
 
 def payloads(prefix: str, gunzip: bool = False) -> list[bytes]:

@@ -17,12 +17,22 @@ from typing import Any
 
 import pytest
 from conftest import assert_nothing_written, error_line, pattern
-from s3_helpers import MIB, JobRunner, ModuleBuckets, blob, data_error_line, prefix_keys, s3_channel, s3_env, stream_of
+from s3_helpers import (
+    MIB,
+    SERVERS,
+    ModuleBuckets,
+    blob,
+    data_error_line,
+    prefix_keys,
+    s3_channel,
+    s3_env,
+    server_for,
+    stream_of,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
 MARK = "small-objects"
-SERVERS = {"moto": "moto_s3", "seaweedfs": "seaweed_s3"}
 
 COMMON = {
     "small/a b.txt": b"a key with a space\n",
@@ -51,13 +61,6 @@ def buckets():
         m.cleanup()
 
 
-@pytest.fixture
-def s3_jobs(sidecar, consumer, tmp_path) -> JobRunner:
-    return JobRunner(sidecar, consumer, tmp_path)
-
-
-def server_for(request: pytest.FixtureRequest, name: str) -> Any:
-    return request.getfixturevalue(SERVERS[name])
 
 
 def object_gets(proxy: Any, bucket: str) -> list[Any]:

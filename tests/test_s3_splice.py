@@ -11,15 +11,15 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import time
 from typing import Any
 
 import pytest
 from conftest import pattern
-from s3_helpers import MIB, JobRunner, ModuleBuckets, blob, data_error_line, s3_channel, stream_of
+from s3_helpers import MIB, SERVERS, ModuleBuckets, blob, data_error_line, s3_channel, server_for, stream_of
 
 pytestmark = pytest.mark.timeout(120)
 
-SERVERS = {"moto": "moto_s3", "seaweedfs": "seaweed_s3"}
 SPLICE = {"SAGEMAKER_PIPE_S3_READ_AHEAD_MB": "1"}
 OBJECTS = {
     "big/a.bin": blob(400, 3 * MIB + 17),
@@ -39,13 +39,6 @@ def buckets():
         m.cleanup()
 
 
-@pytest.fixture
-def s3_jobs(sidecar, consumer, tmp_path) -> JobRunner:
-    return JobRunner(sidecar, consumer, tmp_path)
-
-
-def server_for(request: pytest.FixtureRequest, name: str) -> Any:
-    return request.getfixturevalue(SERVERS[name])
 
 
 def big_stream(record_io: bool = False) -> bytes:
@@ -152,11 +145,18 @@ def test_readers_that_leave_early_leave_no_pipe_behind(seaweed_s3, buckets, s3_j
     the sixth is exact, and the sidecar holds no more descriptors than after the first."""
     bucket, _ = buckets["seaweedfs"].get(seaweed_s3)
     job = s3_jobs.start(seaweed_s3, [s3_channel("t", f"s3://{bucket}/big/")], epochs=6, read=[], env_extra=SPLICE)
-    fds = []
+    fds: list[int] = []
     for epoch in range(5):
         (result,) = consumer(pattern(job.ml_root, "t"), epochs=1, start=epoch, modes="partial:102400").results(30)
         assert result["bytes"] == 102400, result
-        fds.append(len(os.listdir(f"/proc/{job.proc.pid}/fd")))
+        # the fetches of a left epoch close their sockets and pipes within a poll step or two
+        deadline = time.monotonic() + 5
+        while True:
+            count = len(os.listdir(f"/proc/{job.proc.pid}/fd"))
+            if not fds or count <= fds[0] + 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        fds.append(count)
     out = tmp_path / "last"
     consumer(pattern(job.ml_root, "t"), epochs=1, start=5, out=out).results(30)
     assert (out / "epoch_5.bin").read_bytes() == big_stream()

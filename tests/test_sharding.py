@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from conftest import homogeneous_resources
 from s3_helpers import (
-    JobRunner,
     ModuleBuckets,
     decode_records,
     gz,
@@ -30,11 +29,6 @@ from s3_helpers import (
 
 pytestmark = pytest.mark.timeout(90)
 
-
-@pytest.fixture
-def s3_jobs(sidecar, consumer, tmp_path) -> JobRunner:
-    """Sidecar + consumer runs for this test (processes killed at teardown by conftest's registry)."""
-    return JobRunner(sidecar, consumer, tmp_path)
 
 HOSTS = ["algo-1", "algo-2", "algo-3"]
 N_UNITS = 10  # 10 over 3 hosts: shares of 4, 3, 3

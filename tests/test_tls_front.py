@@ -18,7 +18,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import SSLError
 from conftest import assert_nothing_written, error_line, wait_until
-from s3_helpers import MIB, JobRunner, blob, prefix_keys, s3_channel, stream_of
+from s3_helpers import MIB, blob, prefix_keys, s3_channel, stream_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,10 +30,6 @@ SMALL_MARK = "small-objects"
 """In the User-Agent of the GETs of the sidecar's small-object loop (s3_small.py, test_s3_small.py)."""
 NO_RETRY = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=5, read_timeout=10)
 
-
-@pytest.fixture
-def s3_jobs(sidecar, consumer, tmp_path) -> JobRunner:
-    return JobRunner(sidecar, consumer, tmp_path)
 
 
 def test_boto3_reads_exact_bytes_through_the_front_with_its_ca(s3_server, seeded_bucket, tls_front):
