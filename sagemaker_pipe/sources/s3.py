@@ -431,7 +431,7 @@ class _Part:
                 try:
                     view = view[os.write(self.pipe_in, view):]
                 except BlockingIOError:
-                    select.select([], [self.pipe_in], [], 0.1)
+                    s3_splice.ready(self.pipe_in, select.POLLOUT, 0.1)
             self.announce(len(data) - len(view))
             return
         if self._room is None:

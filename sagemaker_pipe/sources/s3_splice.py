@@ -68,13 +68,13 @@ class SplicedBody:
                 moved += step
                 continue
             if moved:  # announced in steps of BATCH, or of what came within LINGER_S: each costs a wake-up
-                if moved >= BATCH or _full(fd) or not select.select([self.sock], [], [], LINGER_S)[0]:
+                if moved >= BATCH or _full(fd) or not ready(self.sock.fileno(), select.POLLIN, LINGER_S):
                     break
                 continue
             if _full(fd):
-                select.select([], [fd], [], 0.1)
+                ready(fd, select.POLLOUT, 0.1)
                 waited = time.monotonic()  # the reader's pace: not the server's stall
-            elif not select.select([self.sock], [], [], 0.1)[0] and time.monotonic() - waited > self._timeout:
+            elif not ready(self.sock.fileno(), select.POLLIN, 0.1) and time.monotonic() - waited > self._timeout:
                 raise TimeoutError("read timeout")
         return moved
 
@@ -83,7 +83,7 @@ class SplicedBody:
             try:
                 written = os.write(fd, self._rest[:n])
             except BlockingIOError:
-                select.select([], [fd], [], 0.1)
+                ready(fd, select.POLLOUT, 0.1)
                 continue
             self._rest = self._rest[written:]
             return written
@@ -133,6 +133,13 @@ class SpliceGet:
             raise
 
 
+def ready(fd: int, event: int, timeout: float) -> bool:
+    """Whether fd is ready for `event` (POLLIN, POLLOUT) within timeout seconds (poll: any fd number)."""
+    poll = select.poll()
+    poll.register(fd, event)
+    return bool(poll.poll(timeout * 1000))
+
+
 def _full(fd: int) -> bool:
     """Whether the pipe has no room left (a write would block)."""
-    return not select.select([], [fd], [], 0)[1]
+    return not ready(fd, select.POLLOUT, 0)
