@@ -213,11 +213,12 @@ class S3Transport:
         while pos < end and not part.cancelled:
             headers = _headers(part, pos)
             try:
-                body = self._body(part, bucket, key, headers)
+                body = self._body(part, bucket, key, headers, pos)
                 total = _total_size(body.headers)
                 if total != part.ref.size:
                     body.close()
                     raise _changed(part.ref, total)
+                _skip(body, _start(body.headers), pos, part.ref.uri)
                 try:
                     while pos < end and not part.cancelled:
                         if isinstance(body, s3_splice.SplicedBody):
@@ -243,20 +244,26 @@ class S3Transport:
                 log.warning("%s: body broke at byte %d (%s); resuming", part.ref.uri, pos, type(e).__name__)
                 time.sleep(min(0.1 * 2**resumes, 2.0))
 
-    def _body(self, part: _Part, bucket: str, key: str, headers: dict[str, str]) -> Body | s3_splice.SplicedBody:
+    def _body(self, part: _Part, bucket: str, key: str, headers: dict[str, str],
+              pos: int) -> Body | s3_splice.SplicedBody:
         """The answer to one GET: spliced for a pipe part, else read through Python; an error, a
-        redirect or throttling goes on to get_object, botocore's to retry or word."""
+        redirect or throttling goes on to get_object, botocore's to retry or word. A spliced
+        answer is taken only when its bytes are exactly [pos, end): sized, not chunked, and a
+        Range answered from pos on; any other goes through Python."""
         sent = time.monotonic()
         if part.pipe_in >= 0 and self._splice is not None:
             try:
                 spliced = self._splice.get(bucket, key, headers)
             except OSError:  # no answer at all: the plain path below, then botocore, retry and word it
                 spliced = None
-            if spliced is not None and spliced.status in (200, 206):
+            if spliced is not None and spliced.status in (200, 206) and _exact(spliced.headers, pos, part.end):
                 self._answers.append(time.monotonic() - sent)
                 return spliced
             if spliced is not None:
                 spliced.close()
+                if spliced.status in (200, 206):  # framed otherwise: the plain path reads it right
+                    return self.signed_get.get(bucket, key, headers) or self._get_object(part.ref.uri, bucket, key,
+                                                                                          headers)
                 if spliced.status in NOT_HERE:
                     self.signed_get.refuse(bucket)
                 return self._get_object(part.ref.uri, bucket, key, headers)
@@ -427,12 +434,14 @@ class _Part:
         """Queue bytes for the reader; a part longer than READ_AHEAD (a whole object) waits for room."""
         if self.pipe_in >= 0:  # bytes that came through Python after all (botocore's path): into the pipe
             view = memoryview(data)
-            while view and not self.cancelled:
+            while view and not self.cancelled:  # each write told at once: the pipe may hold less than data
                 try:
-                    view = view[os.write(self.pipe_in, view):]
+                    n = os.write(self.pipe_in, view)
                 except BlockingIOError:
                     s3_splice.ready(self.pipe_in, select.POLLOUT, 0.1)
-            self.announce(len(data) - len(view))
+                    continue
+                self.announce(n)
+                view = view[n:]
             return
         if self._room is None:
             self._q.put(data)
@@ -453,6 +462,7 @@ class _Part:
         finally:
             if self.pipe_in >= 0:
                 os.close(self.pipe_in)  # the reader closes the other end (close_pipe)
+                self.pipe_in = -1
 
     def close_pipe(self) -> None:
         """The reader's end of a spliced part, once the reader is done with the part."""
@@ -574,6 +584,34 @@ class _Pool:
     def _work(self) -> None:
         while True:
             self._tasks.get()()
+
+
+def _start(headers: Any) -> int:
+    """The first byte an answer carries: Content-Range's start, 0 for a whole body."""
+    content_range = headers.get("content-range")  # "bytes 100-199/1234"
+    return int(content_range.split()[1].split("-")[0]) if content_range else 0
+
+
+def _exact(headers: dict[str, str], pos: int, end: int) -> bool:
+    """Whether an answer's body is exactly bytes [pos, end), as raw bytes on the socket."""
+    return ("transfer-encoding" not in headers and headers.get("content-length") == str(end - pos)
+            and _start(headers) == pos)
+
+
+def _skip(body: Body | s3_splice.SplicedBody, start: int, pos: int, uri: str) -> None:
+    """Bring a body that starts before pos (a server that answered a Range with the whole
+    object) to pos; one that starts anywhere else cannot be placed."""
+    if start == pos:
+        return
+    if start > pos or not isinstance(body, Body):
+        body.close()
+        raise DataError(f"{uri}: the server answered bytes from {start} on to a request from byte {pos}")
+    left = pos - start
+    while left:
+        data = body.read(min(CHUNK, left))
+        if not data:
+            raise _Short
+        left -= len(data)
 
 
 def _read_exactly(fd: int, n: int) -> bytes:

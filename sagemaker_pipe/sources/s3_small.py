@@ -79,11 +79,12 @@ def body_length(headers: dict[str, str]) -> int:
 class _Job:
     """One signed GET waiting for, or riding on, a connection to `where` (host, port, TLS)."""
 
-    __slots__ = ("where", "request", "limit", "on_done", "retried")
+    __slots__ = ("where", "request", "limit", "on_done", "retried", "connects")
 
     def __init__(self, where: tuple[str, int, bool], request: bytes, limit: int, on_done: OnDone) -> None:
         self.where, self.request, self.limit, self.on_done = where, request, limit, on_done
         self.retried = False  # a reused connection that dies before answering gets it once more
+        self.connects = 0  # connections refused so far
 
 
 class _Conn:
@@ -163,6 +164,7 @@ class SmallGet:
         self._connect_timeout = connect_timeout
         self._tls: ssl.SSLContext | None = None
         self._usable: dict[Target, tuple[tuple[str, int, bool], str, str] | None] = {}
+        self._dead: set[tuple[str, int, bool]] = set()  # servers that took no connection: the plain path's
         self._lock = threading.Lock()
         self._queue: deque[_Job] = deque()  # appended by any thread, taken by the loop
         self._sleeping = False
@@ -210,7 +212,7 @@ class SmallGet:
     def _bucket(self, bucket: str) -> tuple[Target, tuple[tuple[str, int, bool], str, str]] | None:
         target = self._signed.target(bucket)
         fit = None if target is None else self._fit(target)
-        return None if target is None or fit is None else (target, fit)
+        return None if target is None or fit is None or fit[0] in self._dead else (target, fit)
 
     def _fit(self, target: Target) -> tuple[tuple[str, int, bool], str, str] | None:
         """(host, port, TLS), Host header and path prefix of a target fit for this path: SigV4 over
@@ -232,7 +234,8 @@ class SmallGet:
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._idle: dict[tuple[str, int, bool], list[_Conn]] = {}
         self._busy: set[_Conn] = set()
-        self._addresses: dict[tuple[str, int, bool], tuple[float, tuple[Any, Any, int, Any]]] = {}
+        self._addresses: dict[tuple[str, int, bool], tuple[float, list[tuple[Any, Any, int, Any]]]] = {}
+        self._failures: dict[tuple[str, int, bool], int] = {}  # connections refused in a row
         self._count = 0  # connections open
         checked = time.monotonic()
         while True:
@@ -272,7 +275,7 @@ class SmallGet:
         every connection is busy (the next answer frees one)."""
         while self._queue:
             job = self._queue[0]
-            idle = self._idle.get(job.where)
+            idle = None if job.retried else self._idle.get(job.where)
             if idle:
                 conn = idle.pop()
                 conn.reused = True
@@ -282,8 +285,9 @@ class SmallGet:
                 try:
                     conn = self._open(job.where)
                 except OSError as e:
-                    self._queue.popleft()
-                    _report(job, None, None, f"connect: {e}")
+                    if not self._refused(job.where, job):
+                        self._queue.popleft()
+                        _report(job, None, None, f"connect: {e}")
                     continue
             self._queue.popleft()
             conn.job = job
@@ -319,12 +323,29 @@ class SmallGet:
         return conn
 
     def _address(self, where: tuple[str, int, bool]) -> tuple[Any, Any, int, Any]:
-        """The server's address, looked up at most once a minute (a lookup blocks this thread)."""
+        """The server's address to try next, looked up at most once a minute (a lookup blocks
+        this thread); one that refused a connection goes to the back (localhost: ::1, 127.0.0.1)."""
         found = self._addresses.get(where)
         if found is None or time.monotonic() - found[0] > 60:
-            family, kind, proto, _, address = socket.getaddrinfo(where[0], where[1], type=socket.SOCK_STREAM)[0]
-            found = self._addresses[where] = (time.monotonic(), (family, kind, proto, address))
-        return found[1]
+            found = self._addresses[where] = (time.monotonic(), [
+                (family, kind, proto, address)
+                for family, kind, proto, _, address in socket.getaddrinfo(where[0], where[1], type=socket.SOCK_STREAM)])
+        return found[1][0]
+
+    def _refused(self, where: tuple[str, int, bool], job: _Job | None) -> bool:
+        """A connection to `where` failed: its next address goes first. True when `job` should try
+        again (it has not tried every address yet); a server no address of which takes connections
+        is left to the plain path from then on."""
+        addresses = self._addresses.get(where, (0.0, []))[1]
+        if addresses:
+            addresses.append(addresses.pop(0))
+        self._failures[where] = self._failures.get(where, 0) + 1
+        if self._failures[where] > len(addresses) + 2:
+            self._dead.add(where)
+        if job is None or where in self._dead:
+            return False
+        job.connects += 1
+        return job.connects < max(1, len(addresses))
 
     def _watch(self, conn: _Conn, events: int) -> None:
         if events != conn.events:
@@ -338,13 +359,21 @@ class SmallGet:
             if conn.state == "connect":
                 err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
+                    job = conn.job
+                    if self._refused(conn.where, job):  # the job goes again, to the next address
+                        conn.job = None
+                        self._close(conn)
+                        self._queue.appendleft(job)  # type: ignore[arg-type]
+                        return
                     raise OSError(err, f"connect: {errno.errorcode.get(err, err)}")
+                self._failures[conn.where] = 0
                 conn.last = time.monotonic()
                 conn.state = "send"
                 if conn.where[2]:
+                    context = self._context()  # (a CA bundle that cannot be read fails here, registered)
                     self._sel.unregister(conn.sock)
-                    conn.sock = self._context().wrap_socket(conn.sock, server_hostname=conn.where[0],
-                                                            do_handshake_on_connect=False)
+                    conn.sock = context.wrap_socket(conn.sock, server_hostname=conn.where[0],
+                                                    do_handshake_on_connect=False)
                     self._sel.register(conn.sock, conn.events, conn)
                     conn.state = "handshake"
             if conn.state == "handshake":
@@ -441,12 +470,14 @@ class SmallGet:
         self._busy.discard(conn)
         conn.buf = bytearray()
         conn.length = -1
-        if keep:
-            self._park(conn)
-        else:
-            self._close(conn)
-        assert job is not None
-        _report(job, status, body, None)
+        try:
+            if keep:
+                self._park(conn)
+            else:
+                self._close(conn)
+        finally:
+            assert job is not None
+            _report(job, status, body, None)
 
     def _park(self, conn: _Conn) -> None:
         """Back to idle, watched for the server closing it meanwhile."""
@@ -462,24 +493,27 @@ class SmallGet:
             self._idle[conn.where].remove(conn)
         conn.state = "closed"
         self._busy.discard(conn)
-        self._sel.unregister(conn.sock)
-        conn.sock.close()
         self._count -= 1
+        try:
+            self._sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass  # not registered (a TLS wrap that failed between the two)
+        conn.sock.close()
 
     def _fail(self, conn: _Conn, e: BaseException) -> None:
         """The connection broke. A request on a reused one that had no answer yet goes again, once
         (the server closed it while idle, as we sent); any other is reported."""
         job, conn.job = conn.job, None
         answered = conn.length >= 0 or bool(conn.buf)
-        reused = conn.reused
-        self._close(conn)
-        if job is None:
-            return
-        if reused and not answered and not job.retried:
-            job.retried = True
-            self._queue.appendleft(job)
-            return
-        _report(job, None, None, str(e) or type(e).__name__)
+        try:
+            self._close(conn)
+        finally:
+            if job is not None:
+                if conn.reused and not answered and not job.retried:
+                    job.retried = True  # on a new connection (_take), not another idle one
+                    self._queue.appendleft(job)
+                else:
+                    _report(job, None, None, str(e) or type(e).__name__)
 
     def _expire(self, now: float) -> None:
         """Give up on connections that made no progress within their timeout."""
