@@ -8,7 +8,9 @@ the FIFO sees an object's first bytes long before the object is complete. A body
 mid-way is resumed with a Range GET from the exact byte reached. Every GET carries If-Match
 with the listed ETag, so all bytes come from the version listed, or the job stops naming the
 object. Whole objects up to SMALL_MAX go through one thread that keeps many keep-alive GETs
-in flight (s3_small.py: a tenth of the CPU per object), the rest by plain signed GETs (s3_get.py);
+in flight (s3_small.py: a quarter of the CPU per object or less); a part too long to hold goes
+from a plain-HTTP server socket -> pipe -> FIFO by splice (s3_splice.py); the rest is read by
+plain signed GETs (s3_get.py);
 anything but a 200 or 206 is repeated through get_object, so throttling and 5xx answers are
 botocore's to retry (standard mode) and its errors are what the job reports.
 """
