@@ -125,8 +125,9 @@ def build_compose(
     if hosts is not None and not 1 <= hosts <= MAX_HOSTS:
         raise ConfigError(f"compose: --hosts must be 1 to {MAX_HOSTS} (got {hosts})")
     check_project(project)
-    job = _container_job(channels, host_names(hosts) if hosts is not None else None)
-    names = host_names(hosts) if hosts is not None else list(job.hosts)
+    given = host_names(hosts) if hosts is not None else None
+    job = _container_job(channels, given)
+    names = given if given is not None else list(job.hosts)
     if len(names) > MAX_HOSTS:
         raise ConfigError(f"compose: the channel file's ResourceConfig has {len(names)} hosts; at most {MAX_HOSTS}")
     job_channels = list(job.channels)

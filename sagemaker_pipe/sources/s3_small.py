@@ -223,8 +223,10 @@ class SmallGet:
                 tls = url.scheme == "https"
                 fit = (url.scheme in ("http", "https") and url.hostname and not url.query and "@" not in url.netloc
                        and not get_environ_proxies(target.prefix))
-                self._usable[target] = (((url.hostname or "", url.port or (443 if tls else 80), tls), url.netloc,
-                                         url.path) if fit else None)
+                port = url.port or (443 if tls else 80)
+                host = f"[{url.hostname}]" if ":" in (url.hostname or "") else url.hostname
+                netloc = host if port == (443 if tls else 80) else f"{host}:{port}"  # as botocore signs it
+                self._usable[target] = ((url.hostname or "", port, tls), netloc or "", url.path) if fit else None
             return self._usable[target]
 
     # --- the loop thread -------------------------------------------------------------------
