@@ -12,38 +12,16 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
 
 from sagemaker_pipe import __version__, commands, logs, malloc, readers
 from sagemaker_pipe.compose import compose_main
 from sagemaker_pipe.config import Channel, load_job, parse_job
 from sagemaker_pipe.errors import ConfigError, PipeError
 from sagemaker_pipe.layout import DEFAULT_ML_ROOT, Layout, status_file
+from sagemaker_pipe.options import ENV, PROG, Parser, seconds
 from sagemaker_pipe.plan import ChannelPlan, plan_channel, plan_job
 from sagemaker_pipe.run import run_main
 from sagemaker_pipe.sidecar import FAILURE_HOLD_S, INTERRUPTED, Sidecar
-
-PROG = "sagemaker-pipe"
-ENV = {  # option -> environment variable that sets it (for the container)
-    "config": "SAGEMAKER_PIPE_CONFIG",
-    "ml_root": "SAGEMAKER_PIPE_ML_ROOT",
-    "epochs": "SAGEMAKER_PIPE_EPOCHS",
-    "status_file": "SAGEMAKER_PIPE_STATUS_FILE",
-    "hosts": "SAGEMAKER_PIPE_HOSTS",
-    "current_host": "SAGEMAKER_PIPE_CURRENT_HOST",
-    "throttle_mbps": "SAGEMAKER_PIPE_THROTTLE_MBPS",
-    "log_format": "SAGEMAKER_PIPE_LOG_FORMAT",
-    "progress_interval": "SAGEMAKER_PIPE_PROGRESS_INTERVAL",
-    "exit_when_idle": "SAGEMAKER_PIPE_EXIT_WHEN_IDLE",
-    "hold_on_failure": "SAGEMAKER_PIPE_HOLD_ON_FAILURE",
-    "failure_hold": "SAGEMAKER_PIPE_FAILURE_HOLD",
-}
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(message)
-
 
 COMMANDS = {  # name -> what it does, for the top-level --help (each has its own --help)
     "run": "run one local training job: serve the channels, run the algorithm (a command or an image)",
@@ -64,7 +42,7 @@ def _usage() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog=PROG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage=_usage(),
@@ -133,9 +111,9 @@ def serve(argv: list[str], defaults: dict[str, str]) -> int:
     logs.setup(args.log_format, args.debug)  # text or JSON lines; -d: every object
     malloc.keep_freed_buffers()  # before any thread allocates: chunk buffers are reused, not re-faulted
     epochs = _epochs(args.epochs)
-    progress_interval = _seconds(args.progress_interval, "--progress-interval", 10.0, zero=True) or 0.0
-    exit_when_idle = _seconds(args.exit_when_idle, "--exit-when-idle", None)
-    failure_hold = _seconds(args.failure_hold, "--failure-hold", FAILURE_HOLD_S, zero=True)
+    progress_interval = seconds(args.progress_interval, "--progress-interval", 10.0, zero=True) or 0.0
+    exit_when_idle = seconds(args.exit_when_idle, "--exit-when-idle", None)
+    failure_hold = seconds(args.failure_hold, "--failure-hold", FAILURE_HOLD_S, zero=True)
     hold_on_failure = _flag(args.hold_on_failure, "--hold-on-failure")
     readers.count()  # SAGEMAKER_PIPE_READERS, checked before anything is written
 
@@ -201,20 +179,6 @@ def _throttled(plans: list[ChannelPlan], spec: str | None) -> list[ChannelPlan]:
             rates[n] = rate
     return [replace(p, channel=replace(p.channel, throttle_mbps=rates.get(p.channel.name, p.channel.throttle_mbps)))
             for p in plans]
-
-
-def _seconds(value: str | None, option: str, default: float | None, zero: bool = False) -> float | None:
-    """A number of seconds for --progress-interval / --exit-when-idle (0 allowed where it means off)."""
-    if value is None or value == "":
-        return default
-    try:
-        n = float(value)
-    except ValueError:
-        n = -1.0
-    if not (n > 0 or (zero and n == 0)) or n != n or n == float("inf"):
-        raise ConfigError(f"{option} must be a {'non-negative' if zero else 'positive'} number of seconds "
-                          f"(got {value!r})")
-    return n
 
 
 def _flag(value: str | None, option: str) -> bool:

@@ -6,13 +6,12 @@ Each takes its own arguments and returns an exit status; a PipeError becomes the
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
@@ -21,19 +20,12 @@ from sagemaker_pipe.errors import ConfigError
 from sagemaker_pipe.filemode import FILE_MODES, file_copies, mode_notes
 from sagemaker_pipe.fromjob import channel_file, parse_map
 from sagemaker_pipe.layout import DEFAULT_ML_ROOT, Layout, status_file
+from sagemaker_pipe.options import ENV, PROG, Parser
 from sagemaker_pipe.plan import ChannelPlan, check_local_paths, plan_job
 from sagemaker_pipe.progress import human_size, pid_namespace
 from sagemaker_pipe.sources import ObjectRef
 
-PROG = "sagemaker-pipe"
-STATUS_ENV = "SAGEMAKER_PIPE_STATUS_FILE"
-ML_ROOT_ENV = "SAGEMAKER_PIPE_ML_ROOT"
 STALE_S = 30.0  # a status file not refreshed for this long belongs to a sidecar that is gone
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"{self.prog.removeprefix(PROG + ' ')}: {message}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -41,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
 # ------------------------------------------------------------------------------------------
 
 def validate(argv: list[str]) -> int:
-    p = _Parser(prog=f"{PROG} validate",
+    p = Parser(prog=f"{PROG} validate",
                 description="Check a channel file and print the plan the sidecar would serve, channel by channel.")
     p.add_argument("file", metavar="FILE", help="channel file (YAML or JSON)")
     p.add_argument("--check-sources", action="store_true",
@@ -56,7 +48,7 @@ def validate(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = p.parse_args(argv)
     job = load_job(args.file, hosts=args.hosts.split(",") if args.hosts else None, current_host=args.current_host)
-    layout = Layout.under(args.ml_root or os.environ.get(ML_ROOT_ENV) or DEFAULT_ML_ROOT)
+    layout = Layout.under(args.ml_root or os.environ.get(ENV["ml_root"]) or DEFAULT_ML_ROOT)
     if not args.skip_path_check:
         check_local_paths(job, hint=" (paths as a container sees them? add --skip-path-check)")
     plans: list[ChannelPlan] | None = None
@@ -198,7 +190,7 @@ def _bytes(n: int) -> str:
 # ------------------------------------------------------------------------------------------
 
 def from_job(argv: list[str]) -> int:
-    p = _Parser(prog=f"{PROG} from-job",
+    p = Parser(prog=f"{PROG} from-job",
                 description="Turn `aws sagemaker describe-training-job` JSON into a channel file (YAML, on stdout).")
     p.add_argument("describe", metavar="DESCRIBE.json", help="the describe-training-job output ('-' for stdin)")
     p.add_argument("--map", action="append", default=[], metavar="s3://BUCKET/PREFIX=FOLDER",
@@ -232,17 +224,17 @@ def from_job(argv: list[str]) -> int:
 
 def status(argv: list[str]) -> int:
     """Exit 0 when the sidecar's status file says it is ready (a container health check), with its progress."""
-    p = _Parser(prog=f"{PROG} status",
+    p = Parser(prog=f"{PROG} status",
                 description="Show the running sidecar's progress; exit 0 once it is ready (config files, "
                             "File-mode data and every first FIFO exist).")
     p.add_argument("--ml-root", help=f"the sidecar's ml-root, whose status file to read (default "
-                   f"{ML_ROOT_ENV}, else {DEFAULT_ML_ROOT})")
-    p.add_argument("--status-file", help=f"read this status file instead (default {STATUS_ENV}, else "
+                   f"{ENV['ml_root']}, else {DEFAULT_ML_ROOT})")
+    p.add_argument("--status-file", help=f"read this status file instead (default {ENV['status_file']}, else "
                    "<ml-root>/input/.sagemaker-pipe/status.json): the sidecar's --status-file")
     p.add_argument("--json", action="store_true", help="print the status file's JSON")
     args = p.parse_args(argv)
-    path = status_file(args.status_file or os.environ.get(STATUS_ENV),
-                       args.ml_root or os.environ.get(ML_ROOT_ENV) or DEFAULT_ML_ROOT)
+    path = status_file(args.status_file or os.environ.get(ENV["status_file"]),
+                       args.ml_root or os.environ.get(ENV["ml_root"]) or DEFAULT_ML_ROOT)
     try:
         doc = json.loads(path.read_text())
         if not isinstance(doc, dict):

@@ -29,15 +29,15 @@ import os
 import posixpath
 import re
 from pathlib import Path, PurePosixPath
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
 from sagemaker_pipe.config import Channel, Job, parse_job, read_document
 from sagemaker_pipe.errors import ConfigError
 from sagemaker_pipe.layout import CONTAINER_CONFIG, DEFAULT_ML_ROOT, Layout
+from sagemaker_pipe.options import PROG, Parser
 
-PROG = "sagemaker-pipe compose"
 DEFAULT_CHANNELS = "config/sharded.yaml"
 DEFAULT_DATA = "examples/data"
 DEFAULT_SIDECAR_IMAGE = "sagemaker-pipe:local"
@@ -58,18 +58,13 @@ PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 IMAGE_RE = re.compile(r"[^\s]+")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"compose: {message}")
-
-
 def host_names(count: int) -> list[str]:
     return [f"algo-{i}" for i in range(1, count + 1)]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog=PROG,
+    p = Parser(
+        prog=f"{PROG} compose",
         description="Print a Docker Compose file running one job on N hosts: per host an algorithm "
         "container (hostname algo-i) and a sagemaker-pipe sidecar sharing its /opt/ml/input.",
         epilog="Paths in the channel file are as the sidecars see them: local channels under /data.",

@@ -50,7 +50,7 @@ class Layout:
     @property
     def lock_file(self) -> Path:
         """Held by the one sidecar serving this ml-root (lock.py); in input/, the folder a sidecar container shares."""
-        return self._under_root("input", ".sagemaker-pipe.lock")
+        return self.input_dir / ".sagemaker-pipe.lock"
 
     @property
     def model_dir(self) -> Path:

@@ -25,16 +25,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
 
 from sagemaker_pipe import container
 from sagemaker_pipe.compose import host_names, parse_command, parse_env
 from sagemaker_pipe.config import load_job
 from sagemaker_pipe.errors import ConfigError
 from sagemaker_pipe.layout import Layout, make_dirs
+from sagemaker_pipe.options import PROG, Parser, seconds
 from sagemaker_pipe.supervise import GRACE_S, Engine, watch
 
-PROG = "sagemaker-pipe run"
 DEFAULT_ML_ROOT = "sagemaker-pipe-run/ml"
 READY_TIMEOUT_S = 600.0  # File-mode channels are copied before the engine is ready
 FAILURE_CHARS = 1024  # as much of the failure file as SageMaker keeps in FailureReason
@@ -43,13 +42,8 @@ ENGINE_OPTIONS = {"--epochs": True, "--throttle-mbps": True, "--progress-interva
                   "--debug": False}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"run: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Run a training job locally: serve its channels, run the algorithm (a "
+    p = Parser(prog=f"{PROG} run", description="Run a training job locally: serve its channels, run the algorithm (a "
                 "command after --, or --image IMAGE), pack its model and output, exit with its status.",
                 epilog="Exit status: the algorithm's (128+N when signal N ended it); 1 when a data stream "
                 "failed; 2 for a bad option or channel file, or an ml-root in use.")
@@ -104,7 +98,7 @@ def run_main(argv: list[str]) -> int:
     elif args.hosts or args.algorithm_command or args.env:
         raise ConfigError("run: --hosts, --algorithm-command and -e go with --image")
     count = _hosts(args.hosts, len(job.hosts)) if image else 1
-    grace = _seconds(args.grace)
+    grace = seconds(args.grace, "run: --grace", GRACE_S, zero=True) or 0.0
     ml_root = Path(args.ml_root).absolute()
     output = Path(args.output).absolute() if args.output else ml_root.parent / "output"
     job_name = args.job_name or re.sub(r"[^A-Za-z0-9-]+", "-", config.stem).strip("-") or "local-job"
@@ -267,16 +261,6 @@ def _hosts(value: str | None, default: int) -> int:
         n = 0
     if not 1 <= n <= 100:
         raise ConfigError(f"run: --hosts must be a whole number from 1 to 100 (got {value!r})")
-    return n
-
-
-def _seconds(value: str) -> float:
-    try:
-        n = float(value)
-    except ValueError:
-        n = -1.0
-    if not 0 <= n < float("inf"):
-        raise ConfigError(f"run: --grace must be a non-negative number of seconds (got {value!r})")
     return n
 
 
