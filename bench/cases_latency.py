@@ -72,6 +72,9 @@ def timed_epochs(s: Settings, name: str, chan: dict[str, Any], expected: int,
         for i in range(s.warmup + s.reps):
             wait_for(side.fifo("train", i), 60, side.proc)
             first, end, arrivals = read_timed(side.fifo("train", i))
+            if (arrivals[-1][1] if arrivals else 0) != expected:  # what the reader got, not what the sidecar says
+                raise RuntimeError(f"{name} epoch {i}: the reader got {arrivals[-1][1] if arrivals else 0} bytes, "
+                                   f"not {expected}")
             if i >= s.warmup:
                 firsts.append(first)
                 ends.append(end)

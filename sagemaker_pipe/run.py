@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 
 from sagemaker_pipe import container
-from sagemaker_pipe.compose import host_names, parse_command, parse_env
+from sagemaker_pipe.compose import MAX_HOSTS, host_names, parse_command, parse_env
 from sagemaker_pipe.config import load_job
 from sagemaker_pipe.errors import ConfigError
 from sagemaker_pipe.layout import Layout, make_dirs
@@ -259,8 +259,8 @@ def _hosts(value: str | None, default: int) -> int:
         n = int(value)
     except ValueError:
         n = 0
-    if not 1 <= n <= 100:
-        raise ConfigError(f"run: --hosts must be a whole number from 1 to 100 (got {value!r})")
+    if not 1 <= n <= MAX_HOSTS:
+        raise ConfigError(f"run: --hosts must be a whole number from 1 to {MAX_HOSTS} (got {value!r})")
     return n
 
 

@@ -114,8 +114,9 @@ class PipeJob:
         env = {**os.environ, **self.aws}
         for host in self.hosts:
             ml_root = self.work / host
-            (ml_root / "input").mkdir(parents=True)
-            (ml_root / "input" / "data").symlink_to(self.root / host / "input" / "data")
+            engine_side = Layout.under(ml_root)  # its data folder is the one the container mounts
+            engine_side.input_dir.mkdir(parents=True)
+            engine_side.data_dir.symlink_to(Layout.under(self.root / host).data_dir)
             self.engines[host] = Engine.start(self.channel_file, ml_root, hosts=self.hosts, current_host=host,
                                               env=env)
         for engine in self.engines.values():
